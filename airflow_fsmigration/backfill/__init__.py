@@ -1,0 +1,3 @@
+"""backfill."""
+
+from __future__ import annotations

@@ -1,0 +1,385 @@
+"""Load a plan from one YAML file or a folder of them, with every error tied to file and line.
+
+ruamel.yaml keeps line numbers on each mapping and sequence; pydantic validates types and
+unknown keys; the errors pydantic reports by field path are mapped back through the raw YAML
+to the line a person must edit. Cross-field rules (upstream groups, model names, SQL files,
+cycles, definition columns) are checked here, over the whole plan, so one run lists all errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from airflow_fsmigration.plan.errors import PlanError, PlanIssue
+from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan, Settings
+
+MERGED_SECTIONS = ("groups", "models")
+SINGLE_SECTIONS = tuple(k for k in MigrationPlan.model_fields if k not in (*MERGED_SECTIONS, "source_dir"))
+
+
+@dataclass
+class _Origin:
+    """Where each part of the merged plan came from, for error locations."""
+
+    file_of: dict[tuple[str, ...], str] = field(default_factory=dict)
+    node_of: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+def _plain(node: Any) -> Any:
+    """Strip ruamel's round-trip types so strict validation sees plain dicts, lists and scalars."""
+    from ruamel.yaml.scalarfloat import ScalarFloat
+    from ruamel.yaml.scalarint import ScalarInt
+    from ruamel.yaml.scalarstring import ScalarString
+
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool):
+        return bool(node)
+    if isinstance(node, ScalarInt):
+        return int(node)
+    if isinstance(node, ScalarFloat):
+        return float(node)
+    if isinstance(node, ScalarString):
+        return str(node)
+    return node
+
+
+def _line_of(node: Any, path: tuple[Any, ...]) -> int | None:
+    """Follow ``path`` through ruamel nodes; return the 1-based line of the deepest part found."""
+    line = None
+    if hasattr(node, "lc") and node.lc.line is not None:
+        line = node.lc.line + 1
+    for part in path:
+        try:
+            if isinstance(node, dict) and part in node:
+                line = node.lc.key(part)[0] + 1
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+                node = node[part]
+            else:
+                break
+        except (AttributeError, KeyError, TypeError):
+            break
+    return line
+
+
+def plan_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        if not files:
+            raise PlanError([PlanIssue(str(path), None, "", "the folder holds no .yaml or .yml plan files")])
+        return files
+    if not path.exists():
+        raise PlanError([PlanIssue(str(path), None, "", "no such plan file or folder")])
+    return [path]
+
+
+def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
+    """Parse and merge the plan files; ``groups`` and ``models`` may be split over files."""
+    from ruamel.yaml.error import MarkedYAMLError
+
+    merged: dict[str, Any] = {}
+    origin = _Origin()
+    issues: list[PlanIssue] = []
+    yaml = _yaml()
+    for file in plan_files(path):
+        name = str(file)
+        try:
+            doc = yaml.load(file.read_text())
+        except MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            issues.append(PlanIssue(name, line, "", f"not valid YAML: {exc.problem or exc}"))
+            continue
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            issues.append(
+                PlanIssue(
+                    name, 1, "", "a plan file must be a mapping of sections (name, connections, groups, ...)"
+                )
+            )
+            continue
+        for key, value in doc.items():
+            line = doc.lc.key(key)[0] + 1
+            if key in MERGED_SECTIONS:
+                if not isinstance(value, dict):
+                    issues.append(
+                        PlanIssue(name, line, key, f"'{key}' must be a mapping of name -> definition")
+                    )
+                    continue
+                section = merged.setdefault(key, {})
+                for item, spec in value.items():
+                    if item in section:
+                        first = origin.file_of[(key, item)]
+                        issues.append(
+                            PlanIssue(
+                                name,
+                                value.lc.key(item)[0] + 1,
+                                f"{key}.{item}",
+                                f"defined twice (first in {first})",
+                            )
+                        )
+                        continue
+                    section[item] = spec
+                    origin.file_of[(key, item)] = name
+                    origin.node_of[(key, item)] = spec
+            else:
+                if key in merged:
+                    first = origin.file_of[(key,)]
+                    issues.append(PlanIssue(name, line, key, f"section defined twice (first in {first})"))
+                    continue
+                merged[key] = value
+                origin.file_of[(key,)] = name
+                origin.node_of[(key,)] = value
+        origin.node_of.setdefault(("__doc__", name), doc)
+    return merged, origin, issues
+
+
+def _locate(origin: _Origin, loc: tuple[Any, ...], fallback: str) -> tuple[str, int | None]:
+    """File and line for a pydantic error location in the merged plan."""
+    if len(loc) >= 2 and loc[0] in MERGED_SECTIONS and (loc[0], loc[1]) in origin.file_of:
+        key = (loc[0], loc[1])
+        return origin.file_of[key], _line_of(origin.node_of[key], loc[2:])
+    if loc and (loc[0],) in origin.file_of:
+        return origin.file_of[(loc[0],)], _line_of(origin.node_of[(loc[0],)], loc[1:])
+    return fallback, None
+
+
+def _suggest(bad: str, model_fields: list[str]) -> str:
+    close = difflib.get_close_matches(bad, model_fields, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Known keys of the mapping that holds ``loc[-1]`` (for 'did you mean')."""
+    from pydantic import BaseModel
+
+    from airflow_fsmigration.plan.model import Model
+
+    model: Any = MigrationPlan
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if model is MigrationPlan and part in MERGED_SECTIONS:
+            model = FeatureGroup if part == "groups" else Model
+            if parts:
+                parts.pop(0)  # the group or model name
+            continue
+        if isinstance(part, int):
+            continue
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            break
+        candidates = [info.annotation, *getattr(info.annotation, "__args__", ())]
+        nested = [c for c in candidates for c in (c, *getattr(c, "__args__", ()))]
+        model = next((c for c in nested if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            break
+    fields = getattr(model, "model_fields", {})
+    return [*fields, *(f.alias for f in fields.values() if f.alias)]
+
+
+def _pydantic_issues(exc: ValidationError, origin: _Origin, fallback: str) -> list[PlanIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        file, line = _locate(origin, loc, fallback)
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'{_suggest(str(loc[-1]), _fields_at(loc))}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+            if len(loc) > 1:
+                file, line = _locate(origin, loc[:-1], fallback)
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                msg += f" (got {err['input']!r})"
+        issues.append(PlanIssue(file, line, path, msg))
+    return issues
+
+
+def _cross_checks(plan: MigrationPlan, origin: _Origin) -> list[PlanIssue]:
+    """Rules that need the whole plan: references, files, cycles, definition columns."""
+    from airflow_fsmigration.plan.definitions import DefinitionError, output_columns
+    from airflow_fsmigration.plan.graph import find_cycle
+
+    issues: list[PlanIssue] = []
+
+    def at(group: str, *path: Any) -> tuple[str, int | None]:
+        return _locate(origin, ("groups", group, *path), "plan")
+
+    for gname, group in plan.groups.items():
+        seen: dict[str, int] = {}
+        for i, feat in enumerate(group.features):
+            if feat.name in seen:
+                file, line = at(gname, "features", i, "name")
+                issues.append(
+                    PlanIssue(
+                        file, line, f"groups.{gname}.features[{i}].name", f"duplicate feature '{feat.name}'"
+                    )
+                )
+            seen.setdefault(feat.name, i)
+            if feat.name == group.entity_key:
+                file, line = at(gname, "features", i, "name")
+                issues.append(
+                    PlanIssue(
+                        file,
+                        line,
+                        f"groups.{gname}.features[{i}].name",
+                        "a feature may not share the entity key's name",
+                    )
+                )
+        for i, up in enumerate(group.depends_on):
+            if up not in plan.groups:
+                file, line = at(gname, "depends_on", i)
+                hint = difflib.get_close_matches(up, list(plan.groups), n=1)
+                tip = (
+                    f"; did you mean '{hint[0]}'?"
+                    if hint
+                    else f"; known groups: {', '.join(sorted(plan.groups))}"
+                )
+                issues.append(
+                    PlanIssue(
+                        file, line, f"groups.{gname}.depends_on[{i}]", f"unknown upstream group '{up}'{tip}"
+                    )
+                )
+            elif up == gname:
+                file, line = at(gname, "depends_on", i)
+                issues.append(
+                    PlanIssue(
+                        file, line, f"groups.{gname}.depends_on[{i}]", "a group cannot depend on itself"
+                    )
+                )
+        for i, model in enumerate(group.models):
+            if model not in plan.models:
+                file, line = at(gname, "models", i)
+                issues.append(
+                    PlanIssue(
+                        file,
+                        line,
+                        f"groups.{gname}.models[{i}]",
+                        f"unknown model '{model}': add it under 'models:'",
+                    )
+                )
+        sql_path = plan.definition_path(group)
+        if not sql_path.is_file():
+            file, line = at(gname, "definition")
+            issues.append(
+                PlanIssue(
+                    file, line, f"groups.{gname}.definition", f"SQL definition file not found: {sql_path}"
+                )
+            )
+        else:
+            try:
+                columns = output_columns(sql_path.read_text())
+            except DefinitionError as exc:
+                file, line = at(gname, "definition")
+                issues.append(PlanIssue(file, line, f"groups.{gname}.definition", f"{sql_path.name}: {exc}"))
+                columns = None
+            if columns is not None:
+                missing = [c for c in [group.entity_key, *group.feature_names] if c not in columns]
+                if missing:
+                    file, line = at(gname, "definition")
+                    issues.append(
+                        PlanIssue(
+                            file,
+                            line,
+                            f"groups.{gname}.definition",
+                            f"{sql_path.name} does not select {', '.join(missing)} (it selects {', '.join(columns)})",
+                        )
+                    )
+        if group.overrides.ramp_steps is not None:
+            try:
+                Settings.model_validate(
+                    {**plan.defaults.model_dump(), "ramp_steps": group.overrides.ramp_steps}, strict=False
+                )
+            except ValidationError as exc:
+                file, line = at(gname, "overrides", "ramp_steps")
+                issues.append(
+                    PlanIssue(file, line, f"groups.{gname}.overrides.ramp_steps", exc.errors()[0]["msg"])
+                )
+    cycle = find_cycle({g: list(spec.depends_on) for g, spec in plan.groups.items() if spec})
+    if cycle:
+        file, line = at(cycle[0], "depends_on")
+        issues.append(
+            PlanIssue(
+                file,
+                line,
+                f"groups.{cycle[0]}.depends_on",
+                f"dependency cycle (each group depends on the next): {' -> '.join(cycle)}",
+            )
+        )
+    return issues
+
+
+def load_plan(path: str | Path) -> MigrationPlan:
+    """Load and validate a plan; raise :class:`PlanError` listing every problem with file and line."""
+    path = Path(path)
+    raw, origin, issues = _read_all(path)
+    fallback = str(path)
+    data = _plain(raw)
+    for gname, spec in (data.get("groups") or {}).items():
+        if isinstance(spec, dict):
+            if "name" in spec and spec["name"] != gname:
+                file, line = _locate(origin, ("groups", gname, "name"), fallback)
+                issues.append(
+                    PlanIssue(
+                        file, line, f"groups.{gname}.name", f"name '{spec['name']}' differs from its key"
+                    )
+                )
+            spec["name"] = gname
+    data["source_dir"] = path if path.is_dir() else path.parent
+    plan: MigrationPlan | None = None
+    try:
+        plan = _validate(data)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, origin, fallback))
+    if plan is None:
+        # Still report reference problems in the groups that did validate.
+        plan = _partial_plan(data, origin, issues)
+    if plan is not None:
+        issues.extend(_cross_checks(plan, origin))
+    if issues:
+        raise PlanError(issues)
+    assert plan is not None
+    return plan
+
+
+def _validate(data: dict[str, Any], model: Any = MigrationPlan) -> Any:
+    """Validate strictly as JSON would be: YAML's own types must match (no "5" for 5), enums by value."""
+    return model.model_validate_json(json.dumps(data, default=str))
+
+
+def _partial_plan(data: dict[str, Any], origin: _Origin, issues: list[PlanIssue]) -> MigrationPlan | None:
+    """Build a plan from the groups that validate, so cross-checks can still run on them."""
+    good: dict[str, Any] = {}
+    for gname, spec in (data.get("groups") or {}).items():
+        try:
+            good[gname] = _validate(spec, FeatureGroup)
+        except (ValidationError, TypeError):
+            continue
+    rest = {k: v for k, v in data.items() if k != "groups"}
+    try:
+        probe = _validate({**rest, "groups": {}})
+    except ValidationError:
+        return None
+    return probe.model_copy(update={"groups": good})

@@ -1,0 +1,3 @@
+"""stores."""
+
+from __future__ import annotations
