@@ -131,7 +131,7 @@ def _render_as_of(plan: MigrationPlan, group: str, param: str, stack: tuple[str,
     def inline(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Table) and f"{node.db}.{node.name}" in views:
             up = views[f"{node.db}.{node.name}"]
-            inner = _parse(_PLACEHOLDER.sub(f"'{marker}'", _unbound(plan, up, stack + (group,))))
+            inner = _parse(_PLACEHOLDER.sub(f"'{marker}'", _unbound(plan, up, (*stack, group))))
             return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(node.alias_or_name)))
         return node
 

@@ -41,13 +41,13 @@ def blast_radius(group: FeatureGroup) -> tuple[int, int, float, str]:
 
 
 def risk_tier(plan: MigrationPlan, group: FeatureGroup) -> str:
-    """``high`` / ``medium`` / ``low``: what a failed migration of this group would hurt."""
-    rank = group.criticality.rank
-    if rank >= 2 or plan.is_high_traffic(group) or len(group.models) >= 3:
-        return "high"
-    if rank == 1 or len(group.models) == 2:
-        return "medium"
-    return "low"
+    """``high`` / ``medium`` / ``low``: what a failed migration of this group would hurt.
+
+    Points: criticality rank (0-3), +1 when high-traffic (load-tested), +1 when two or more
+    models read it. Three points or more is high, two medium, fewer low.
+    """
+    points = group.criticality.rank + int(plan.is_high_traffic(group)) + int(len(group.models) >= 2)
+    return "high" if points >= 3 else "medium" if points == 2 else "low"
 
 
 @dataclass(frozen=True)
