@@ -89,8 +89,8 @@ def downstream_of(plan: MigrationPlan, group: str) -> list[str]:
     seen: list[str] = []
     stack = list(children.get(group, []))
     while stack:
-        g = stack.pop()
-        if g not in seen:
-            seen.append(g)
-            stack.extend(children.get(g, []))
+        child = stack.pop()
+        if child not in seen:
+            seen.append(child)
+            stack.extend(children.get(child, []))
     return sorted(seen)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from airflow_fsmigration.plan.errors import PlanError, PlanIssue
-from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan, Settings
+from airflow_fsmigration.plan.model import Connections, FeatureGroup, MigrationPlan, Settings
 
 MERGED_SECTIONS = ("groups", "models")
 SINGLE_SECTIONS = tuple(k for k in MigrationPlan.model_fields if k not in (*MERGED_SECTIONS, "source_dir"))
@@ -60,6 +60,11 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _lc(node: Any) -> Any:
+    """ruamel's line/column record of a mapping or sequence."""
+    return node.lc
+
+
 def _line_of(node: Any, path: tuple[Any, ...]) -> int | None:
     """Follow ``path`` through ruamel nodes; return the 1-based line of the deepest part found."""
     line = None
@@ -68,10 +73,10 @@ def _line_of(node: Any, path: tuple[Any, ...]) -> int | None:
     for part in path:
         try:
             if isinstance(node, dict) and part in node:
-                line = node.lc.key(part)[0] + 1
+                line = _lc(node).key(part)[0] + 1
                 node = node[part]
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
+                line = _lc(node).item(part)[0] + 1
                 node = node[part]
             else:
                 break
@@ -91,7 +96,7 @@ def plan_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
+def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:  # noqa: C901
     """Parse and merge the plan files; ``groups`` and ``models`` may be split over files."""
     from ruamel.yaml.error import MarkedYAMLError
 
@@ -102,7 +107,7 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
     for file in plan_files(path):
         name = str(file)
         try:
-            doc = yaml.load(file.read_text())
+            doc: Any = yaml.load(file.read_text())
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
@@ -118,7 +123,7 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
             )
             continue
         for key, value in doc.items():
-            line = doc.lc.key(key)[0] + 1
+            line = _lc(doc).key(key)[0] + 1
             if key in MERGED_SECTIONS:
                 if not isinstance(value, dict):
                     issues.append(
@@ -132,7 +137,7 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
                         issues.append(
                             PlanIssue(
                                 name,
-                                value.lc.key(item)[0] + 1,
+                                _lc(value).key(item)[0] + 1,
                                 f"{key}.{item}",
                                 f"defined twice (first in {first})",
                             )
@@ -217,7 +222,9 @@ def _pydantic_issues(exc: ValidationError, origin: _Origin, fallback: str) -> li
     return issues
 
 
-def _cross_checks(plan: MigrationPlan, origin: _Origin) -> list[PlanIssue]:
+def _cross_checks(
+    plan: MigrationPlan, origin: _Origin, *, known_groups: set[str], known_models: set[str]
+) -> list[PlanIssue]:
     """Rules that need the whole plan: references, files, cycles, definition columns."""
     from airflow_fsmigration.plan.definitions import DefinitionError, output_columns
     from airflow_fsmigration.plan.graph import find_cycle
@@ -249,9 +256,9 @@ def _cross_checks(plan: MigrationPlan, origin: _Origin) -> list[PlanIssue]:
                     )
                 )
         for i, up in enumerate(group.depends_on):
-            if up not in plan.groups:
+            if up not in known_groups:
                 file, line = at(gname, "depends_on", i)
-                hint = difflib.get_close_matches(up, list(plan.groups), n=1)
+                hint = difflib.get_close_matches(up, sorted(known_groups), n=1)
                 tip = (
                     f"; did you mean '{hint[0]}'?"
                     if hint
@@ -270,7 +277,7 @@ def _cross_checks(plan: MigrationPlan, origin: _Origin) -> list[PlanIssue]:
                     )
                 )
         for i, model in enumerate(group.models):
-            if model not in plan.models:
+            if model not in known_models:
                 file, line = at(gname, "models", i)
                 issues.append(
                     PlanIssue(
@@ -317,7 +324,7 @@ def _cross_checks(plan: MigrationPlan, origin: _Origin) -> list[PlanIssue]:
                 issues.append(
                     PlanIssue(file, line, f"groups.{gname}.overrides.ramp_steps", exc.errors()[0]["msg"])
                 )
-    cycle = find_cycle({g: list(spec.depends_on) for g, spec in plan.groups.items() if spec})
+    cycle = find_cycle({g: list(spec.depends_on) for g, spec in plan.groups.items()})
     if cycle:
         file, line = at(cycle[0], "depends_on")
         issues.append(
@@ -335,6 +342,9 @@ def load_plan(path: str | Path) -> MigrationPlan:
     """Load and validate a plan; raise :class:`PlanError` listing every problem with file and line."""
     path = Path(path)
     raw, origin, issues = _read_all(path)
+    if issues and any("not valid YAML" in i.message for i in issues):
+        # Missing-section errors after a syntax error would only be noise.
+        raise PlanError(issues)
     fallback = str(path)
     data = _plain(raw)
     for gname, spec in (data.get("groups") or {}).items():
@@ -353,11 +363,13 @@ def load_plan(path: str | Path) -> MigrationPlan:
         plan = _validate(data)
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, origin, fallback))
-    if plan is None:
-        # Still report reference problems in the groups that did validate.
-        plan = _partial_plan(data, origin, issues)
+        # Still check references and files in the parts that did validate.
+        plan = _partial_plan(data, [tuple(e["loc"]) for e in exc.errors()])
     if plan is not None:
-        issues.extend(_cross_checks(plan, origin))
+        known = set(data.get("groups") or {}) | set(plan.groups)
+        issues.extend(
+            _cross_checks(plan, origin, known_groups=known, known_models=set(data.get("models") or {}))
+        )
     if issues:
         raise PlanError(issues)
     assert plan is not None
@@ -369,17 +381,26 @@ def _validate(data: dict[str, Any], model: Any = MigrationPlan) -> Any:
     return model.model_validate_json(json.dumps(data, default=str))
 
 
-def _partial_plan(data: dict[str, Any], origin: _Origin, issues: list[PlanIssue]) -> MigrationPlan | None:
-    """Build a plan from the groups that validate, so cross-checks can still run on them."""
-    good: dict[str, Any] = {}
-    for gname, spec in (data.get("groups") or {}).items():
-        try:
-            good[gname] = _validate(spec, FeatureGroup)
-        except (ValidationError, TypeError):
-            continue
-    rest = {k: v for k, v in data.items() if k != "groups"}
+def _partial_plan(data: dict[str, Any], errors: list[tuple[Any, ...]]) -> MigrationPlan | None:
+    """The valid part of an invalid plan, so cross-checks still run on what did validate.
+
+    Invalid top-level sections fall back to their defaults (required ones to placeholders),
+    invalid models to empty specs and invalid groups are left out; references to them are
+    still known names (see ``_cross_checks``), so no error is reported twice.
+    """
+    bad_sections = {loc[0] for loc in errors if loc and loc[0] not in MERGED_SECTIONS}
+    bad_items = {(loc[0], loc[1]) for loc in errors if len(loc) >= 2 and loc[0] in MERGED_SECTIONS}
+    probe: dict[str, Any] = {k: v for k, v in data.items() if k not in bad_sections}
+    probe.setdefault("name", "unnamed")
+    if "connections" in bad_sections or "connections" not in probe:
+        probe["connections"] = dict.fromkeys(Connections.model_fields, "unset")
+    probe["models"] = {
+        m: ({} if ("models", m) in bad_items else spec) for m, spec in (data.get("models") or {}).items()
+    }
+    probe["groups"] = {
+        g: spec for g, spec in (data.get("groups") or {}).items() if ("groups", g) not in bad_items
+    }
     try:
-        probe = _validate({**rest, "groups": {}})
+        return _validate(probe)
     except ValidationError:
         return None
-    return probe.model_copy(update={"groups": good})
