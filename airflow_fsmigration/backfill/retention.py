@@ -26,7 +26,7 @@ class RetentionGapError(RuntimeError):
     def __init__(self, report: RetentionReport) -> None:
         self.report = report
         super().__init__(
-            f"backfill of group '{report.group}' over {_iso(report.start)} .. {_iso(report.end)} refused: "
+            f"backfill of group '{report.group}' over {iso_utc(report.start)} .. {iso_utc(report.end)} refused: "
             + "; ".join(report.gaps)
             + ". Choose a later --start, or restore the missing events into the event log first."
         )
@@ -87,15 +87,13 @@ class SourceCoverage:
         if not self.exists:
             return f"{self.table} does not exist in the event log"
         if self.oldest is None:
-            return (
-                f"{self.table} holds no events at all; the window needs them from {_iso(self.required_start)}"
-            )
+            return f"{self.table} holds no events at all; the window needs them from {iso_utc(self.required_start)}"
         if self.covered:
             return None
         assert self.missing is not None
         return (
-            f"{self.table} holds events from {_iso(self.oldest)}; the window needs them from "
-            f"{_iso(self.required_start)}: {human_duration(self.missing)} missing"
+            f"{self.table} holds events from {iso_utc(self.oldest)}; the window needs them from "
+            f"{iso_utc(self.required_start)}: {human_duration(self.missing)} missing"
         )
 
     @property
@@ -104,14 +102,14 @@ class SourceCoverage:
         if self.newest is None or self.longest_window <= timedelta(0) or self.newest >= self.required_end:
             return None
         return (
-            f"{self.table}: newest event is {_iso(self.newest)}, {human_duration(self.required_end - self.newest)} "
-            f"before the window's end {_iso(self.required_end)}"
+            f"{self.table}: newest event is {iso_utc(self.newest)}, {human_duration(self.required_end - self.newest)} "
+            f"before the window's end {iso_utc(self.required_end)}"
         )
 
     def to_dict(self, now: datetime | None = None) -> dict[str, Any]:
         data = asdict(self)
         for key in ("required_start", "required_end", "oldest", "newest"):
-            data[key] = _iso(data[key]) if data[key] else None
+            data[key] = iso_utc(data[key]) if data[key] else None
         data["longest_window"] = self.longest_window.total_seconds()
         data["declared_retention"] = self.declared_retention.total_seconds()
         data.update(
@@ -171,7 +169,7 @@ class RetentionReport:
         if not self.sources:
             return f"group '{self.group}': reads no event source; nothing to audit"
         if self.covered:
-            return f"group '{self.group}': raw events cover {_iso(self.start)} .. {_iso(self.end)}"
+            return f"group '{self.group}': raw events cover {iso_utc(self.start)} .. {iso_utc(self.end)}"
         return f"group '{self.group}': NOT covered: " + "; ".join(self.gaps)
 
     def raise_if_gap(self) -> None:
@@ -181,9 +179,9 @@ class RetentionReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
-            "start": _iso(self.start),
-            "end": _iso(self.end),
-            "audited_at": _iso(self.audited_at),
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "audited_at": iso_utc(self.audited_at),
             "covered": self.covered,
             "gaps": self.gaps,
             "warnings": self.warnings,
@@ -234,7 +232,7 @@ def audit_retention(
     """
     start, end = _utc(start), _utc(end)
     if end < start:
-        raise ValueError(f"backfill window ends ({_iso(end)}) before it starts ({_iso(start)})")
+        raise ValueError(f"backfill window ends ({iso_utc(end)}) before it starts ({iso_utc(start)})")
     name = group if isinstance(group, str) else group.name
     audited_at = _utc(now) if now else datetime.now(UTC)
     report = _audit_with(plan, name, conn, start=start, end=end, now=audited_at, bounds=_bounds)
@@ -313,7 +311,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _iso(value: datetime) -> str:
+def iso_utc(value: datetime) -> str:
     value = _utc(value)
     if value.second == 0 and value.microsecond == 0:
         return value.strftime("%Y-%m-%dT%H:%MZ")
