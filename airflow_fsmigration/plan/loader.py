@@ -96,7 +96,7 @@ def plan_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:  # noqa: C901
+def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
     """Parse and merge the plan files; ``groups`` and ``models`` may be split over files."""
     from ruamel.yaml.error import MarkedYAMLError
 
