@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 
 class ConnectionNotFound(LookupError):
@@ -94,9 +94,9 @@ def parse_airflow_conn(conn_id: str, value: str) -> ConnInfo:
         conn_type=conn_type,
         host=host,
         port=parts.port,
-        login=parts.username,
-        password=parts.password,
-        schema=parts.path.lstrip("/") or None,
+        login=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        schema=unquote(parts.path.lstrip("/")) or None,
         extra=extra,
     )
 
