@@ -1,0 +1,3 @@
+"""Airflow plugins shipped with the provider (the migration cockpit)."""
+
+from __future__ import annotations
