@@ -1,0 +1,125 @@
+"""Postgres-wire plumbing shared by the offline and new-store readers.
+
+Reads go through ADBC's Postgres driver, which speaks the COPY binary protocol and returns
+Arrow directly (about 9x faster than ``pandas.read_sql`` on 1M rows); DDL and catalog queries
+go through psycopg, whose :mod:`psycopg.sql` quotes identifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_fsmigration.connections import StoreUnavailable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from psycopg import sql as pgsql
+
+# The plan's entity dtype -> the SQL type the key is compared as.
+ENTITY_SQL_TYPES = {"string": "text", "int64": "bigint"}
+
+
+def qualified(name: str) -> pgsql.Identifier:
+    """``schema.table`` (or ``table``) as a quoted identifier."""
+    from psycopg import sql
+
+    parts = name.split(".")
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(f"table name {name!r} must be 'table' or 'schema.table'")
+    return sql.Identifier(*parts)
+
+
+def ident(name: str) -> pgsql.Identifier:
+    from psycopg import sql
+
+    return sql.Identifier(name)
+
+
+def render(query: pgsql.Composable) -> str:
+    """A composed query as text for ADBC (identifiers already quoted by psycopg)."""
+    return query.as_string(None)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when an ADBC error means the server could not be reached (not a bad query)."""
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in (
+            "connection refused",
+            "could not connect",
+            "no such file or directory",
+            "timeout",
+            "server closed",
+        )
+    )
+
+
+def adbc_connect(url: str, conn_id: str, what: str) -> Any:
+    """An autocommit ADBC connection (each read sees the newest data, no snapshot held open)."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    try:
+        return adbc.connect(url, autocommit=True)
+    except Exception as exc:  # ADBC raises driver-specific OperationalError subclasses
+        raise StoreUnavailable(conn_id, what, exc) from exc
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """Unwrap ADBC's opaque extension columns (e.g. ``numeric`` as text) to their storage arrays."""
+    import pyarrow as pa
+
+    if not any(isinstance(f.type, pa.ExtensionType) for f in table.schema):
+        return table
+    columns = []
+    for col in table.columns:
+        if isinstance(col.type, pa.ExtensionType):
+            col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def fetch_table(conn: Any, query: str, params: Sequence[Any] | None, conn_id: str, what: str) -> pa.Table:
+    """Run ``query`` and return all rows as Arrow; connection failures become StoreUnavailable."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(query, parameters=params)
+        return plain(cursor.fetch_arrow_table())
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StoreUnavailable(conn_id, what, exc) from exc
+        raise
+    finally:
+        cursor.close()
+
+
+def stream_batches(
+    conn: Any, query: str, params: Sequence[Any] | None, conn_id: str, what: str
+) -> Iterator[pa.Table]:
+    """Run ``query`` and yield its rows batch by batch (bounded memory for whole-group scans)."""
+    import pyarrow as pa
+
+    cursor = conn.cursor()
+    try:
+        cursor.execute(query, parameters=params)
+        reader = cursor.fetch_record_batch()
+        for batch in reader:
+            yield plain(pa.Table.from_batches([batch]))
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StoreUnavailable(conn_id, what, exc) from exc
+        raise
+    finally:
+        cursor.close()
+
+
+def id_param(entity_ids: Any) -> Any:
+    """Entity ids as one array parameter (a pyarrow string array binds as ``text[]``)."""
+    import pyarrow as pa
+
+    if isinstance(entity_ids, pa.ChunkedArray):
+        entity_ids = entity_ids.combine_chunks()
+    if isinstance(entity_ids, pa.Array):
+        return entity_ids.cast(pa.string()).to_pylist()
+    return [str(i) for i in entity_ids]

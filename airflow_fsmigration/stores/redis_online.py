@@ -1,0 +1,596 @@
+"""The legacy online store: Redis, one hash per entity, read fast enough for 1M-entity compares.
+
+Layout (what the demo generator writes, and what most home-grown feature stores look like):
+
+- one Redis **hash per entity** at ``group.legacy_online.key_template.format(entity=<id>)``,
+  e.g. ``fs:user_txn_stats:u42``; a key that does not exist means the entity is absent;
+- one **field per feature**, named like the feature; a null value is an absent field;
+- ``legacy_online.timestamp_field`` (e.g. ``_ts``), when set, holds the source event time as
+  epoch seconds in decimal (``"1732500000.25"``; ISO-8601 with an offset is accepted too). It
+  becomes ``_source_ts``;
+- values per ``legacy_online.encoding``:
+
+  ========= =========================================== ==========================================
+  dtype     ``string``                                  ``json`` (each field one JSON scalar)
+  ========= =========================================== ==========================================
+  int64     ``42``                                      ``42``
+  float64   ``repr(x)``: ``3.14``, ``nan``, ``inf``     ``3.14``
+  bool      ``true`` / ``false`` (also ``1`` / ``0``)   ``true`` / ``false``
+  string    the raw text                                ``"text"`` (JSON string, escapes allowed)
+  timestamp ISO-8601 with offset                        ``"2026-11-25T01:02:03.000004+00:00"``
+  null      absent field                                absent field or ``null``
+  ========= =========================================== ==========================================
+
+Speed: redis-py spends most of its time building Python objects per reply. This reader builds
+the pipelined ``HMGET`` commands for a whole batch with Arrow string kernels, sends them from a
+writer thread while the main thread receives, and parses the replies with ``hiredis.Reader``
+into one Arrow list array per batch; numbers, booleans and timestamps are then parsed column
+by column with Arrow casts, never value by value in Python.
+
+The key, field and value handling is a :class:`RedisLayout`, so Feast's layout (hashed field
+names, protobuf values) plugs in as another layout without touching the pipelining.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_fsmigration.connections import StoreUnavailable
+from airflow_fsmigration.stores.base import DEFAULT_CHUNK, HistoryUnavailable, Progress, rechunk
+from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, arrow_type, conform, empty_frame
+from airflow_fsmigration.stores.sharding import filter_shard
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
+
+log = logging.getLogger("airflow_fsmigration.stores")
+
+BATCH = 20_000  # entities per pipelined batch: bounds memory, keeps both ends busy
+_SENTINEL = "\x00"
+
+
+class RedisLayout(Protocol):
+    """How a group's entities map to Redis keys, fields and values."""
+
+    def keys(self, group: FeatureGroup, ids: pa.Array) -> pa.Array:
+        """The Redis key of each entity id (vectorised; returns a binary array)."""
+        ...
+
+    def fields(self, group: FeatureGroup) -> list[bytes]:
+        """The hash fields to HMGET, in order: one per feature, then the timestamp field if any."""
+        ...
+
+    def match_pattern(self, group: FeatureGroup) -> str:
+        """A SCAN MATCH glob that selects this group's keys."""
+        ...
+
+    def ids_from_keys(self, group: FeatureGroup, keys: list[bytes]) -> list[str]:
+        """Entity ids from scanned keys (keys that do not belong to the group are dropped)."""
+        ...
+
+    def decode(self, group: FeatureGroup, ids: pa.Array, columns: list[pa.Array]) -> pa.Table:
+        """The frame of present entities from raw binary columns aligned with :meth:`fields`."""
+        ...
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class HashPerEntityLayout:
+    """The legacy layout described in the module docstring (``string`` or ``json`` values)."""
+
+    def _affixes(self, group: FeatureGroup) -> tuple[str, str]:
+        template = group.legacy_online.key_template
+        try:
+            marked = template.format(entity=_SENTINEL)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"group '{group.name}': key_template {template!r} must contain only the '{{entity}}' "
+                f"placeholder ({exc})"
+            ) from None
+        prefix, _, suffix = marked.partition(_SENTINEL)
+        return prefix, suffix
+
+    def keys(self, group: FeatureGroup, ids: pa.Array) -> pa.Array:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        prefix, suffix = self._affixes(group)
+        return pc.binary_join_element_wise(prefix, ids.cast(pa.string()), suffix, "").cast(pa.binary())
+
+    def fields(self, group: FeatureGroup) -> list[bytes]:
+        names = [f.name.encode() for f in group.features]
+        if group.legacy_online.timestamp_field:
+            names.append(group.legacy_online.timestamp_field.encode())
+        return names
+
+    def match_pattern(self, group: FeatureGroup) -> str:
+        prefix, suffix = self._affixes(group)
+        return f"{_glob_escape(prefix)}*{_glob_escape(suffix)}"
+
+    def ids_from_keys(self, group: FeatureGroup, keys: list[bytes]) -> list[str]:
+        prefix, suffix = (a.encode() for a in self._affixes(group))
+        end = -len(suffix) if suffix else None
+        return [
+            k[len(prefix) : end].decode()
+            for k in keys
+            if k.startswith(prefix) and k.endswith(suffix) and len(k) >= len(prefix) + len(suffix)
+        ]
+
+    def decode(self, group: FeatureGroup, ids: pa.Array, columns: list[pa.Array]) -> pa.Table:
+        import pyarrow as pa
+
+        json_values = group.legacy_online.encoding == "json"
+        arrays: list[pa.Array] = [ids.cast(pa.string())]
+        names = [ENTITY]
+        for feature, raw in zip(group.features, columns, strict=False):
+            try:
+                arrays.append(
+                    _decode_json(raw, str(feature.dtype))
+                    if json_values
+                    else _decode_string(raw, str(feature.dtype))
+                )
+            except (pa.ArrowInvalid, ValueError) as exc:
+                raise ValueError(
+                    f"group '{group.name}', feature '{feature.name}': Redis values are not "
+                    f"{group.legacy_online.encoding}-encoded {feature.dtype}: {exc}"
+                ) from None
+            names.append(feature.name)
+        if group.legacy_online.timestamp_field:
+            raw = columns[len(group.features)]
+            try:
+                arrays.append(_decode_epoch(_unquote(raw) if json_values else raw.cast(pa.string())))
+            except (pa.ArrowInvalid, ValueError) as exc:
+                raise ValueError(
+                    f"group '{group.name}': timestamp field '{group.legacy_online.timestamp_field}' "
+                    f"is not epoch seconds or ISO-8601: {exc}"
+                ) from None
+        else:
+            arrays.append(pa.nulls(len(ids), arrow_type("timestamp")))
+        names.append(SOURCE_TS)
+        return pa.Table.from_arrays(arrays, names=names)
+
+
+_TRUE = ["true", "1", "True", "TRUE"]
+_FALSE = ["false", "0", "False", "FALSE"]
+
+
+def _decode_bool(text: pa.Array) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    is_true = pc.is_in(text, value_set=pa.array(_TRUE))
+    is_false = pc.is_in(text, value_set=pa.array(_FALSE))
+    bad = pc.and_(pc.is_valid(text), pc.invert(pc.or_(is_true, is_false)))
+    if pc.any(bad).as_py():
+        sample = pc.filter(text, bad)[0].as_py()
+        raise ValueError(f"{pc.sum(bad).as_py()} value(s) are not true/false/1/0, e.g. {sample!r}")
+    return pc.if_else(pc.is_valid(text), is_true, pa.scalar(None, pa.bool_()))
+
+
+def _to_int(text: pa.Array) -> pa.Array:
+    """int64 from decimal text; integral floats such as ``42.0`` are accepted too."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pc.cast(text, pa.int64())
+    except pa.ArrowInvalid:
+        as_float = pc.cast(text, pa.float64())
+        return pc.cast(as_float, pa.int64())  # safe cast: raises on a fractional value
+
+
+def _parse_text(text: pa.Array, dtype: str) -> pa.Array:
+    """Typed values from their text form (the same after either encoding's unwrapping)."""
+    import pyarrow as pa
+
+    if dtype == "string":
+        return text
+    if dtype == "int64":
+        return _to_int(text)
+    if dtype == "float64":
+        return text.cast(pa.float64())
+    if dtype == "bool":
+        return _decode_bool(text)
+    if dtype == "timestamp":
+        return text.cast(arrow_type("timestamp"))
+    raise ValueError(f"unknown dtype {dtype!r}")
+
+
+def _decode_string(raw: pa.Array, dtype: str) -> pa.Array:
+    import pyarrow as pa
+
+    return _parse_text(raw.cast(pa.string()), dtype)
+
+
+def _unquote(raw: pa.Array) -> pa.Array:
+    """JSON scalars as text: ``null`` becomes a null, a JSON string loses its quotes and escapes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = raw.cast(pa.string())
+    text = pc.if_else(pc.equal(text, "null"), pa.scalar(None, pa.string()), text)
+    quoted = pc.and_(pc.starts_with(text, '"'), pc.ends_with(text, '"'))
+    if not pc.any(quoted).as_py():
+        return text
+    escaped = pc.and_(quoted, pc.match_substring(text, "\\"))
+    stripped = pc.utf8_slice_codeunits(text, 1, -1)
+    out = pc.if_else(quoted, stripped, text)
+    if pc.any(escaped).as_py():
+        # Escapes are rare; only those values go through the JSON parser.
+        values = out.to_pylist()
+        for i in pc.indices_nonzero(escaped).to_pylist():
+            values[i] = json.loads(text[i].as_py())
+        out = pa.array(values, type=pa.string())
+    return out
+
+
+def _decode_json(raw: pa.Array, dtype: str) -> pa.Array:
+    return _parse_text(_unquote(raw), dtype)
+
+
+def _decode_epoch(text: pa.Array) -> pa.Array:
+    """``_source_ts`` from epoch seconds in decimal text, or from ISO-8601 with an offset."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        seconds = pc.cast(text, pa.float64())
+    except pa.ArrowInvalid:
+        return text.cast(arrow_type("timestamp"))
+    micros = pc.cast(pc.round(pc.multiply(seconds, 1_000_000.0)), pa.int64())
+    return micros.cast(arrow_type("timestamp"))
+
+
+class _Raw:
+    """A plain socket speaking RESP, for pipelined bulk reads; hiredis parses the replies."""
+
+    def __init__(self, params: dict[str, Any], conn_id: str) -> None:
+        import hiredis
+
+        self.conn_id = conn_id
+        timeout = float(params.get("socket_timeout") or 60)
+        try:
+            if params.get("path"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(float(params.get("socket_connect_timeout") or 5))
+                sock.connect(params["path"])
+            else:
+                sock = socket.create_connection(
+                    (params.get("host") or "127.0.0.1", int(params.get("port") or 6379)),
+                    timeout=float(params.get("socket_connect_timeout") or 5),
+                )
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if params.get("ssl"):
+                    import ssl
+
+                    context = ssl.create_default_context()
+                    if params.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                        context.check_hostname = False
+                        context.verify_mode = ssl.CERT_NONE
+                    sock = context.wrap_socket(sock, server_hostname=params.get("host"))
+            sock.settimeout(timeout)
+        except OSError as exc:
+            raise StoreUnavailable(conn_id, "Redis", exc) from exc
+        self.sock = sock
+        self.reader = hiredis.Reader()
+        self.buf = bytearray(1 << 20)
+        hello: list[tuple[bytes, ...]] = []
+        if params.get("password"):
+            auth = [b"AUTH"]
+            if params.get("username"):
+                auth.append(str(params["username"]).encode())
+            auth.append(str(params["password"]).encode())
+            hello.append(tuple(auth))
+        if int(params.get("db") or 0):
+            hello.append((b"SELECT", str(int(params["db"])).encode()))
+        for cmd in hello:
+            reply = self.call(*cmd)
+            if isinstance(reply, Exception):
+                self.close()
+                raise StoreUnavailable(conn_id, "Redis", reply)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _recv_into_reader(self) -> None:
+        try:
+            n = self.sock.recv_into(self.buf)
+        except OSError as exc:
+            raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
+        if n == 0:
+            raise StoreUnavailable(self.conn_id, "Redis", ConnectionError("server closed the connection"))
+        self.reader.feed(self.buf, 0, n)
+
+    def call(self, *args: bytes) -> Any:
+        import hiredis
+
+        try:
+            self.sock.sendall(hiredis.pack_command(args))
+        except OSError as exc:
+            raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
+        while (reply := self.reader.gets()) is False:
+            self._recv_into_reader()
+        return reply
+
+    def pipeline(self, payloads: Iterator[tuple[memoryview | bytes, int]]) -> Iterator[list[Any]]:
+        """Send each payload (``count`` commands) from a writer thread; yield each batch's replies.
+
+        Sending and receiving overlap, so the server never waits for the client to finish
+        parsing, and the socket buffers can never fill up both ways (the classic pipeline deadlock).
+        """
+        import queue
+
+        counts: queue.Queue[int | None] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                for payload, count in payloads:
+                    counts.put(count)
+                    self.sock.sendall(payload)
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                counts.put(None)
+
+        thread = threading.Thread(target=writer, name="fsmig-redis-writer", daemon=True)
+        thread.start()
+        try:
+            while (count := counts.get()) is not None:
+                replies: list[Any] = []
+                gets = self.reader.gets
+                while len(replies) < count:
+                    reply = gets()
+                    if reply is False:
+                        if failure:
+                            break
+                        self._recv_into_reader()
+                        continue
+                    replies.append(reply)
+                if failure:
+                    break
+                yield replies
+        finally:
+            thread.join(timeout=30)
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, OSError):
+                raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
+            raise exc
+
+
+def _hmget_payload(keys: pa.Array, fields: list[bytes]) -> memoryview:
+    """RESP ``HMGET key f1 .. fn`` for every key, built with Arrow kernels in one buffer."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    head = f"*{len(fields) + 2}\r\n$5\r\nHMGET\r\n$".encode()
+    tail = b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+    lengths = pc.binary_length(keys).cast(pa.string()).cast(pa.binary())
+    cmds = pc.binary_join_element_wise(head, lengths, b"\r\n", keys, tail, b"")
+    if isinstance(cmds, pa.ChunkedArray):
+        cmds = cmds.combine_chunks()
+    offsets = np.frombuffer(cmds.buffers()[1], dtype=np.int32, count=len(cmds) + 1, offset=cmds.offset * 4)
+    return memoryview(cmds.buffers()[2])[offsets[0] : offsets[-1]]
+
+
+class RedisOnlineSource:
+    """The legacy Redis online store of a plan (current values only)."""
+
+    store = "Redis"
+
+    def __init__(
+        self,
+        url_or_client: str | Any,
+        plan: MigrationPlan | None = None,
+        conn_id: str = "legacy_online",
+        *,
+        layout: RedisLayout | None = None,
+        batch_size: int = BATCH,
+    ) -> None:
+        import redis
+        from redis.connection import parse_url
+
+        self.plan = plan
+        self.conn_id = conn_id
+        self.layout: RedisLayout = layout or HashPerEntityLayout()
+        self.batch_size = batch_size
+        if isinstance(url_or_client, str):
+            self.params = dict(parse_url(url_or_client))
+            self.client = redis.Redis.from_url(url_or_client, socket_connect_timeout=5, socket_timeout=60)
+        else:
+            self.client = url_or_client
+            self.params = dict(url_or_client.connection_pool.connection_kwargs)
+        connection_class = self.params.pop("connection_class", None)
+        if connection_class is not None and "SSL" in connection_class.__name__:
+            self.params["ssl"] = True
+
+    def __repr__(self) -> str:
+        return f"RedisOnlineSource(conn_id={self.conn_id!r})"
+
+    def _group(self, group: FeatureGroup | str) -> FeatureGroup:
+        if isinstance(group, str):
+            if self.plan is None:
+                raise ValueError(f"group '{group}' given by name, but this source has no plan")
+            return self.plan.groups[group]
+        return group
+
+    def _redis_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(self.conn_id, self.store, exc) from exc
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read(self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array) -> pa.Table:
+        import pyarrow as pa
+
+        g = self._group(group)
+        tables = list(self._read_batches(g, entity_ids))
+        if not tables:
+            return empty_frame(g)
+        return conform(pa.concat_tables(tables), g)
+
+    def read_as_of(self, group: FeatureGroup | str, entity_ids: Sequence[str], as_of: datetime) -> pa.Table:
+        raise HistoryUnavailable(self.conn_id, self.store, self._group(group).name)
+
+    def _read_batches(self, g: FeatureGroup, entity_ids: Sequence[str] | pa.Array) -> Iterator[pa.Table]:
+        import pyarrow as pa
+
+        ids = entity_ids if isinstance(entity_ids, pa.Array) else pa.array(list(entity_ids), type=pa.string())
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        if len(ids) == 0:
+            return
+        fields = self.layout.fields(g)
+        step = self.batch_size
+        slices = [ids.slice(i, step) for i in range(0, len(ids), step)]
+
+        def payloads() -> Iterator[tuple[memoryview, int]]:
+            for chunk in slices:
+                yield _hmget_payload(self.layout.keys(g, chunk), fields), len(chunk)
+
+        raw = _Raw(self.params, self.conn_id)
+        progress = Progress(f"group '{g.name}': reading Redis ({self.conn_id})", total=len(ids))
+        try:
+            for chunk, replies in zip(slices, raw.pipeline(payloads()), strict=False):
+                yield self._batch_table(g, chunk, replies, len(fields), raw)
+                progress.add(len(chunk))
+        finally:
+            raw.close()
+
+    def _batch_table(
+        self, g: FeatureGroup, ids: pa.Array, replies: list[Any], width: int, raw: _Raw
+    ) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise ValueError(
+                    f"group '{g.name}': Redis ({self.conn_id}) refused HMGET: {reply}. "
+                    f"Are the keys of '{g.legacy_online.key_template}' hashes?"
+                )
+        nested = pa.array(replies, type=pa.list_(pa.binary()))
+        columns = [pc.list_element(nested, j) for j in range(width)]
+        present = self._present(g, ids, columns, raw)
+        if present is not None:
+            ids = ids.filter(present)
+            columns = [c.filter(present) for c in columns]
+        return self.layout.decode(g, ids, columns)
+
+    def _present(self, g: FeatureGroup, ids: pa.Array, columns: list[pa.Array], raw: _Raw) -> pa.Array | None:
+        """Which rows exist: a row whose fields are all absent may be a missing key, so ask EXISTS."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        all_null = np.ones(len(ids), dtype=bool)
+        for col in columns:
+            all_null &= col.is_null().to_numpy(zero_copy_only=False)
+        if not all_null.any():
+            return None
+        unsure = np.flatnonzero(all_null)
+        keys = self.layout.keys(g, ids.take(pa.array(unsure)))
+        exists = np.zeros(len(unsure), dtype=bool)
+        head = b"*2\r\n$6\r\nEXISTS\r\n$"
+        lengths = pc.binary_length(keys).cast(pa.string()).cast(pa.binary())
+        cmds = pc.binary_join_element_wise(head, lengths, b"\r\n", keys, b"\r\n", b"")
+        payload = b"".join(v.as_py() for v in cmds)  # few rows: only the all-null ones
+        for replies in raw.pipeline(iter([(payload, len(unsure))])):
+            exists[:] = np.asarray(replies, dtype=np.int64) > 0
+        keep = ~all_null
+        keep[unsure] = exists
+        return pa.array(keep)
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def entity_ids(
+        self, group: FeatureGroup | str, *, shard: tuple[int, int] | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Entity ids found by ``SCAN MATCH`` on the key template, sorted; at most ``limit``.
+
+        With a limit the scan stops early, so the ids are the first ones Redis returns
+        (arbitrary but cheap), then sorted.
+        """
+        g = self._group(group)
+        found: set[str] = set()
+        for ids in self._scan_ids(g):
+            found.update(filter_shard(ids, shard))
+            if limit is not None and len(found) >= limit:
+                break
+        result = sorted(found)
+        return result[:limit] if limit is not None else result
+
+    def _scan_ids(self, g: FeatureGroup, count: int = 10_000) -> Iterator[list[str]]:
+        pattern = self.layout.match_pattern(g)
+        cursor = 0
+        while True:
+            cursor, keys = self._redis_call(self.client.scan, cursor=cursor, match=pattern, count=count)
+            if keys:
+                yield self.layout.ids_from_keys(g, keys)
+            if int(cursor) == 0:
+                return
+
+    def scan(
+        self,
+        group: FeatureGroup | str,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[pa.Table]:
+        """Every entity of the group (or one shard), ``chunk_size`` rows at a time.
+
+        SCAN may return a key twice; ids are deduplicated across the scan (a set of strings,
+        far smaller than the frames), so no entity is compared twice.
+        """
+        g = self._group(group)
+        seen: set[str] = set()
+
+        def tables() -> Iterator[pa.Table]:
+            pending: list[str] = []
+            for ids in self._scan_ids(g):
+                fresh = [i for i in filter_shard(ids, shard) if i not in seen]
+                seen.update(fresh)
+                pending.extend(fresh)
+                if len(pending) >= chunk_size:
+                    yield self.read(g, pending)
+                    pending = []
+            if pending:
+                yield self.read(g, pending)
+
+        yield from rechunk(tables(), chunk_size)
+
+    def freshness(self, group: FeatureGroup | str) -> datetime | None:
+        """The newest ``timestamp_field`` over all entities (a full scan), or None without one."""
+        import pyarrow.compute as pc
+
+        g = self._group(group)
+        if not g.legacy_online.timestamp_field:
+            return None
+        newest: datetime | None = None
+        for table in self.scan(g):
+            value = pc.max(table.column(SOURCE_TS)).as_py()
+            if value is not None and (newest is None or value > newest):
+                newest = value
+        return newest.astimezone(UTC) if newest is not None else None
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the server answers."""
+        self._redis_call(self.client.ping)
