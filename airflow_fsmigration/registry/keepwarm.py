@@ -1,0 +1,397 @@
+"""Keep-warm checks: after cutover the old store must stay refreshed, and that is checked, not assumed.
+
+A rollback during the warm window is only safe if the old store still holds fresh values. Each
+check reads the newest source time of a sample of the legacy Redis online hashes and the newest
+event time of the legacy offline history table, compares both with the group's
+``sla.max_staleness`` and records the outcome in ``fsmig.keepwarm_checks``.
+:func:`warm_window_status` then says whether the plan's ``keep_warm`` window has ended with
+warmth verified in every day of it; the registry refuses ``ready_to_decommission`` until it has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_fsmigration.db import SCHEMA, ensure_schema
+
+if TYPE_CHECKING:
+    from airflow_fsmigration.plan.model import MigrationPlan
+
+log = logging.getLogger("airflow_fsmigration.registry")
+
+DAY = timedelta(days=1)
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""CREATE TABLE "{SCHEMA}".keepwarm_checks (
+        id bigserial PRIMARY KEY,
+        group_name text NOT NULL,
+        checked_at timestamptz NOT NULL,
+        passed boolean NOT NULL,
+        online_sampled integer NOT NULL,
+        online_with_ts integer NOT NULL,
+        online_newest timestamptz,
+        offline_newest timestamptz,
+        max_staleness_s double precision NOT NULL,
+        problems jsonb NOT NULL DEFAULT '[]'
+    )""",
+    f'CREATE INDEX keepwarm_checks_group_at ON "{SCHEMA}".keepwarm_checks (group_name, checked_at)',
+)
+
+
+def ensure_keepwarm_schema(conn: Any) -> int:
+    return ensure_schema(conn, "keepwarm", MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class WarmCheck:
+    """One keep-warm check of one group. ``passed`` only when both stores were read and are fresh."""
+
+    group: str
+    checked_at: datetime
+    passed: bool
+    online_sampled: int
+    online_with_ts: int
+    online_newest: datetime | None
+    offline_newest: datetime | None
+    max_staleness: timedelta
+    problems: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        if self.passed:
+            return (
+                f"group '{self.group}': old store warm (online newest {_iso(self.online_newest)} over "
+                f"{self.online_sampled} sampled keys, offline newest {_iso(self.offline_newest)}, "
+                f"max staleness {self.max_staleness})"
+            )
+        return f"group '{self.group}': old store NOT verified warm: " + "; ".join(self.problems)
+
+
+@dataclass(frozen=True)
+class WarmWindowStatus:
+    """Whether the keep-warm window of a group has passed with warmth verified every day."""
+
+    group: str
+    keep_warm: timedelta
+    bucket: timedelta
+    warm_since: datetime | None
+    window_end: datetime | None
+    now: datetime
+    buckets: int = 0
+    verified: int = 0
+    unverified: tuple[tuple[datetime, datetime], ...] = ()
+    failed_checks: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.window_end is not None and self.now >= self.window_end
+
+    @property
+    def passed(self) -> bool:
+        return self.ended and self.buckets > 0 and self.verified == self.buckets
+
+    def explain(self) -> str:
+        if self.warm_since is None:
+            return "the group has never entered the warm phase, so its keep-warm window has not started"
+        assert self.window_end is not None
+        parts = []
+        if not self.ended:
+            parts.append(
+                f"the keep-warm window ({self.keep_warm} from {_iso(self.warm_since)}) ends at "
+                f"{_iso(self.window_end)}, {self.window_end - self.now} from now"
+            )
+        missing = [(s, e) for s, e in self.unverified if s <= self.now]
+        if missing:
+            shown = ", ".join(f"[{_iso(s)}, {_iso(e)})" for s, e in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            parts.append(
+                f"warmth was not verified in {len(missing)} of {self.buckets} day(s) of the window: {shown}{more} "
+                "(each day needs a passing keep-warm check, and the day's last check must pass); "
+                "the window cannot be shortened, so fix the old store's refresh and keep checking"
+            )
+        if not parts:
+            return f"the keep-warm window passed with warmth verified in all {self.buckets} day(s)"
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "keep_warm_s": self.keep_warm.total_seconds(),
+            "bucket_s": self.bucket.total_seconds(),
+            "warm_since": _iso(self.warm_since),
+            "window_end": _iso(self.window_end),
+            "now": _iso(self.now),
+            "buckets": self.buckets,
+            "verified": self.verified,
+            "unverified": [[_iso(s), _iso(e)] for s, e in self.unverified],
+            "failed_checks": self.failed_checks,
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class _Probe:
+    sampled: int = 0
+    with_ts: int = 0
+    newest: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def parse_source_ts(raw: Any) -> datetime | None:
+    """A source time as stored by the legacy store: epoch seconds (or ms), ISO text, or JSON of either."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(raw, datetime):
+        return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        if text.startswith('"'):
+            try:
+                text = str(json.loads(text))
+            except ValueError:
+                return None
+        try:
+            raw = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+        if seconds > 1e11:  # milliseconds
+            seconds /= 1000.0
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def _probe_online(
+    plan: MigrationPlan, group: str, client: Any, sample_size: int, max_scan_calls: int
+) -> _Probe:
+    g = plan.groups[group]
+    probe = _Probe()
+    ts_field = g.legacy_online.timestamp_field
+    if not ts_field:
+        probe.problems.append(
+            "the plan gives no legacy_online.timestamp_field, so online freshness cannot be measured; "
+            "set it to the hash field holding the source time (e.g. _ts)"
+        )
+        return probe
+    head, tail = g.legacy_online.key_template.split("{entity}", 1)
+    pattern = f"{_glob_escape(head)}*{_glob_escape(tail)}"
+    keys: list[Any] = []
+    cursor = 0
+    for _ in range(max_scan_calls):
+        cursor, batch = client.scan(cursor=cursor, match=pattern, count=1000)
+        keys.extend(batch)
+        if len(keys) >= sample_size or int(cursor) == 0:
+            break
+    keys = keys[:sample_size]
+    probe.sampled = len(keys)
+    if not keys:
+        probe.problems.append(
+            f"no legacy online keys match {g.legacy_online.key_template!r} (pattern {pattern!r}): "
+            "the old online store is empty or the plan's key_template is wrong"
+        )
+        return probe
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, ts_field)
+    for value in pipe.execute():
+        ts = parse_source_ts(value)
+        if ts is None:
+            continue
+        probe.with_ts += 1
+        if probe.newest is None or ts > probe.newest:
+            probe.newest = ts
+    if probe.with_ts == 0:
+        probe.problems.append(
+            f"none of {probe.sampled} sampled online hashes has a readable {ts_field!r} field"
+        )
+    return probe
+
+
+def _probe_offline(plan: MigrationPlan, group: str, conn: Any) -> _Probe:
+    from psycopg import sql
+
+    g = plan.groups[group]
+    probe = _Probe()
+    table = sql.Identifier(*g.legacy_offline.table.split("."))
+    column = sql.Identifier(g.legacy_offline.event_time_column)
+    row = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(column, table)).fetchone()
+    value = row[0] if row else None
+    probe.newest = parse_source_ts(value)
+    probe.sampled = probe.with_ts = 1 if probe.newest is not None else 0
+    if probe.newest is None:
+        probe.problems.append(f"the offline history table {g.legacy_offline.table} has no event time at all")
+    return probe
+
+
+def check_warmth(
+    plan: MigrationPlan,
+    group: str,
+    *,
+    online_client: Any,
+    offline_conn: Any,
+    registry_conn: Any | None = None,
+    sample_size: int = 50,
+    max_scan_calls: int = 200,
+    now: datetime | None = None,
+) -> WarmCheck:
+    """Check that the old store of ``group`` is still refreshed; record the check when ``registry_conn`` is given.
+
+    A store that cannot be read makes the check fail (with the reason), never pass.
+
+    :param online_client: ``redis.Redis`` of the plan's ``legacy_online`` connection.
+    :param offline_conn: psycopg connection of the plan's ``legacy_offline`` connection.
+    :param registry_conn: psycopg connection of the registry, where the check is recorded.
+    :param sample_size: how many online hashes to read (found by SCAN over the key template).
+    """
+    if group not in plan.groups:
+        raise KeyError(f"group '{group}' is not in plan '{plan.name}'")
+    g = plan.groups[group]
+    max_staleness = g.sla.max_staleness
+    conns = plan.connections
+    try:
+        online = _probe_online(plan, group, online_client, sample_size, max_scan_calls)
+    except Exception as exc:
+        online = _Probe(
+            problems=[f"legacy online store (connection '{conns.legacy_online}') did not answer: {exc}"]
+        )
+    try:
+        offline = _probe_offline(plan, group, offline_conn)
+    except Exception as exc:
+        offline = _Probe(
+            problems=[f"legacy offline store (connection '{conns.legacy_offline}') could not be read: {exc}"]
+        )
+    now = now or datetime.now(UTC)
+    problems = online.problems + offline.problems
+    for name, probe in (("online", online), ("offline", offline)):
+        if probe.newest is not None and now - probe.newest > max_staleness:
+            problems.append(
+                f"{name} newest source time {_iso(probe.newest)} is {now - probe.newest} old, over the "
+                f"max_staleness {max_staleness}: the old store's refresh job has stopped or is lagging"
+            )
+    check = WarmCheck(
+        group=group,
+        checked_at=now,
+        passed=not problems,
+        online_sampled=online.sampled,
+        online_with_ts=online.with_ts,
+        online_newest=online.newest,
+        offline_newest=offline.newest,
+        max_staleness=max_staleness,
+        problems=tuple(problems),
+    )
+    (log.info if check.passed else log.warning)("%s", check.summary())
+    if registry_conn is not None:
+        record_check(registry_conn, check)
+    return check
+
+
+def record_check(conn: Any, check: WarmCheck) -> None:
+    """Store a check in ``fsmig.keepwarm_checks`` (creating the table when needed)."""
+    ensure_keepwarm_schema(conn)
+    with conn.transaction():
+        conn.execute(
+            f'INSERT INTO "{SCHEMA}".keepwarm_checks (group_name, checked_at, passed, online_sampled, online_with_ts,'
+            " online_newest, offline_newest, max_staleness_s, problems) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                check.group,
+                check.checked_at,
+                check.passed,
+                check.online_sampled,
+                check.online_with_ts,
+                check.online_newest,
+                check.offline_newest,
+                check.max_staleness.total_seconds(),
+                json.dumps(list(check.problems)),
+            ),
+        )
+
+
+def warm_window_status(
+    plan: MigrationPlan,
+    group: str,
+    *,
+    conn: Any,
+    now: datetime | None = None,
+    bucket: timedelta | None = None,
+    warm_since: datetime | None = None,
+) -> WarmWindowStatus:
+    """Whether the group's ``keep_warm`` window has ended with warmth verified in every day of it.
+
+    The window starts when the group last entered ``warm`` (from the routing audit log) unless
+    ``warm_since`` is given. It is cut into day-sized buckets (``bucket``, default one day, never
+    longer than the window; tests use seconds); a bucket is verified when it holds a passing check
+    and its last check passed, so a store that went cold and stayed cold that day does not count.
+    """
+    keep_warm = plan.settings_for(group).keep_warm
+    size = bucket or DAY
+    size = min(size, keep_warm) if keep_warm > timedelta(0) else size
+    now = now or datetime.now(UTC)
+    if warm_since is None:
+        row = conn.execute(
+            f'SELECT max(at) FROM "{SCHEMA}".routing_audit WHERE group_name = %s AND to_phase = %s',
+            (group, "warm"),
+        ).fetchone()
+        warm_since = row[0] if row else None
+    if warm_since is None:
+        return WarmWindowStatus(group, keep_warm, size, None, None, now)
+    end = warm_since + keep_warm
+    n = max(1, math.ceil(keep_warm / size)) if size > timedelta(0) else 1
+    ensure_keepwarm_schema(conn)
+    rows = conn.execute(
+        f'SELECT checked_at, passed FROM "{SCHEMA}".keepwarm_checks'
+        " WHERE group_name = %s AND checked_at >= %s AND checked_at < %s ORDER BY checked_at, id",
+        (group, warm_since, end),
+    ).fetchall()
+    any_pass = [False] * n
+    last_pass = [False] * n
+    seen = [False] * n
+    failed = 0
+    for checked_at, passed in rows:
+        i = min(n - 1, int((checked_at - warm_since) / size)) if size > timedelta(0) else 0
+        seen[i] = True
+        any_pass[i] = any_pass[i] or passed
+        last_pass[i] = passed
+        failed += 0 if passed else 1
+    unverified = []
+    verified = 0
+    for i in range(n):
+        if seen[i] and any_pass[i] and last_pass[i]:
+            verified += 1
+        else:
+            unverified.append((warm_since + i * size, min(end, warm_since + (i + 1) * size)))
+    return WarmWindowStatus(
+        group=group,
+        keep_warm=keep_warm,
+        bucket=size,
+        warm_since=warm_since,
+        window_end=end,
+        now=now,
+        buckets=n,
+        verified=verified,
+        unverified=tuple(unverified),
+        failed_checks=failed,
+    )
