@@ -1,0 +1,212 @@
+"""One shadow comparison of a group: pick entities, read both stores, compare, record.
+
+The two reads of each chunk run in parallel threads (the store readers release the GIL in
+their socket and Arrow work), and the next chunk is already being read while the current one
+is compared, so the comparison stays off the critical path. A store that cannot be read
+raises :class:`~airflow_fsmigration.connections.StoreUnavailable` naming its connection, and
+nothing is recorded: a run that did not happen must not look like a green day.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_fsmigration.connections import StoreUnavailable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from airflow_fsmigration.compare.engine import ComparisonResult
+    from airflow_fsmigration.compare.noise import NoiseFloor
+    from airflow_fsmigration.compare.results import ResultStore
+    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
+
+log = logging.getLogger("airflow_fsmigration.compare")
+
+DEFAULT_CHUNK = 100_000
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` (0-based K, as the stores use) or ``(K, N)`` -> ``(K, N)``; clear error otherwise."""
+    if shard is None or isinstance(shard, tuple):
+        if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard {shard} must be (K, N) with 0 <= K < N")
+        return shard
+    try:
+        k, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard {shard!r} must look like K/N, e.g. 0/4 (K counts from 0)") from None
+    return parse_shard((k, n))
+
+
+def sample_ids(
+    old_ids: Sequence[str], new_ids: Sequence[str], sample_size: int
+) -> tuple[list[str], int | None]:
+    """A deterministic sample of entities by hash, consistent across both stores.
+
+    Takes the ``sample_size`` old-store ids with the smallest entity hash, plus every new-store
+    id below the same hash cutoff, so an entity only the new store has is found as often as one
+    only the old store has. ``sample_size`` 0 (or more than the old store holds) means all ids
+    of both sides. Returns the ids and the hash cutoff (None when everything was taken).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from airflow_fsmigration.stores.sharding import hash_ids
+
+    if sample_size <= 0 or sample_size >= len(old_ids):
+        union = pa.concat_arrays([pa.array(list(old_ids), pa.string()), pa.array(list(new_ids), pa.string())])
+        return sorted(set(union.to_pylist())), None
+    old_arr = pa.array(list(old_ids), pa.string())
+    old_hash = hash_ids(old_arr)
+    pick = np.argpartition(old_hash, sample_size - 1)[:sample_size]
+    cutoff = int(old_hash[pick].max())
+    chosen = set(old_arr.take(pa.array(pick)).to_pylist())
+    if len(new_ids):
+        new_arr = pa.array(list(new_ids), pa.string())
+        below = np.flatnonzero(hash_ids(new_arr) <= np.uint64(cutoff))
+        chosen.update(new_arr.take(pa.array(below)).to_pylist())
+    return sorted(chosen), cutoff
+
+
+def _guarded(source: Any, what: str, fn: Callable[[], Any]) -> Any:
+    """Call a store; turn connection-level failures into StoreUnavailable naming the connection."""
+    try:
+        return fn()
+    except StoreUnavailable:
+        raise
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(getattr(source, "conn_id", type(source).__name__), what, exc) from exc
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise StoreUnavailable(getattr(source, "conn_id", type(source).__name__), what, exc) from exc
+        raise
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"OperationalError", "InterfaceError", "ConnectionError", "TimeoutError"})
+
+
+class _Progress:
+    """Rows done, rate and ETA in the log, at most every ``every`` seconds (and at the end)."""
+
+    def __init__(self, what: str, total: int, every: float = 5.0) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0.0
+            log.info("%s: %d/%d entities, %.0f/s, ETA %.0f s", self.what, self.done, self.total, rate, eta)
+
+
+def run_shadow(
+    plan: MigrationPlan,
+    group: str | FeatureGroup,
+    old_source: Any,
+    new_source: Any,
+    *,
+    sample_size: int | None = None,
+    shard: str | tuple[int, int] | None = None,
+    as_of: datetime | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    results: ResultStore | None = None,
+    noise: NoiseFloor | None = None,
+    staleness: timedelta | None = None,
+    logical_time: datetime | None = None,
+    entity_ids: Sequence[str] | None = None,
+) -> ComparisonResult:
+    """Compare ``group`` between the old and the new store and (given ``results``) record the run.
+
+    :param sample_size: entities to compare; default the plan's ``shadow_sample_size``; 0 = all.
+    :param shard: ``"K/N"`` or ``(K, N)``: only entities in hash shard K of N (for mapped tasks).
+    :param as_of: read both sides as of this time (``read_as_of``), e.g. offline store vs new store.
+    :param entity_ids: compare exactly these entities instead of picking a sample.
+    :raises StoreUnavailable: a store did not answer; nothing is recorded.
+    """
+    from airflow_fsmigration.compare.engine import ComparisonAccumulator
+
+    g = plan.groups[group] if isinstance(group, str) else group
+    settings = plan.settings_for(g)
+    sample = settings.shadow_sample_size if sample_size is None else sample_size
+    part = parse_shard(shard)
+    when = logical_time or as_of or datetime.now(UTC)
+    started = time.monotonic()
+
+    if entity_ids is not None:
+        ids = list(entity_ids)
+    else:
+        with ThreadPoolExecutor(2, thread_name_prefix="fsmig-ids") as pool:
+            f_old = pool.submit(
+                _guarded, old_source, "listing entities", lambda: old_source.entity_ids(g, shard=part)
+            )
+            f_new = pool.submit(
+                _guarded, new_source, "listing entities", lambda: new_source.entity_ids(g, shard=part)
+            )
+            old_ids, new_ids = f_old.result(), f_new.result()
+        ids, _ = sample_ids(old_ids, new_ids, sample)
+    log.info(
+        "shadow %s%s: comparing %d entities (sample %s) in chunks of %d",
+        g.name,
+        f" shard {part[0]}/{part[1]}" if part else "",
+        len(ids),
+        sample or "all",
+        chunk_size,
+    )
+    acc = ComparisonAccumulator(
+        g,
+        settings=settings,
+        staleness=staleness if staleness is not None else (timedelta(0) if as_of else None),
+        noise=noise,
+        requested=len(ids),
+    )
+
+    def read(source: Any, chunk: list[str]) -> pa.Table:
+        if as_of is not None:
+            return _guarded(source, "reading as of", lambda: source.read_as_of(g, chunk, as_of))
+        return _guarded(source, "reading", lambda: source.read(g, chunk))
+
+    chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    progress = _Progress(f"shadow {g.name}", len(ids))
+    with ThreadPoolExecutor(2, thread_name_prefix="fsmig-read") as pool:
+
+        def fetch(chunk: list[str]) -> tuple[Future[Any], Future[Any]]:
+            return pool.submit(read, old_source, chunk), pool.submit(read, new_source, chunk)
+
+        pending = fetch(chunks[0]) if chunks else None
+        for i, _chunk in enumerate(chunks):
+            assert pending is not None
+            f_old, f_new = pending
+            try:
+                old_t, new_t = f_old.result(), f_new.result()
+            except BaseException:
+                f_old.cancel()
+                f_new.cancel()
+                raise
+            pending = fetch(chunks[i + 1]) if i + 1 < len(chunks) else None
+            acc.add(old_t, new_t)
+            progress.add(len(_chunk))
+
+    result = acc.result(logical_time=when, shard=f"{part[0]}/{part[1]}" if part else None)
+    log.info(
+        "shadow %s: %s, match rate %s over %d entities in %.1f s",
+        g.name,
+        result.verdict,
+        "n/a" if result.match_rate is None else f"{result.match_rate:.4%}",
+        result.entities_compared,
+        time.monotonic() - started,
+    )
+    if results is not None:
+        results.record(result, logical_time=when)
+    return result
