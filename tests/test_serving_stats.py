@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from airflow_fsmigration.serving.stats import StatsRecorder, StatsUnavailable, read_window
 
@@ -84,7 +86,7 @@ def test_background_thread_flushes_without_explicit_call(redis_client):
 
 @pytest.mark.integration
 def test_flush_keeps_data_while_redis_is_down_and_read_says_unavailable(redis_url, redis_client):
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     rec = StatsRecorder(dead, bucket_s=1, flush_interval_s=0)
     rec.record("g", "old", 10)
     assert rec.flush() == 0 and rec.flush_failures == 1

@@ -1,0 +1,308 @@
+"""The two stores a router reads: the legacy Redis online store and the new Postgres-wire store.
+
+Both answer ``read(group, entity_ids) -> {entity_id: {feature: value}}`` with values typed by the
+plan (int, float, str, bool, aware datetime, ``None`` for null) and entities the store does not
+have left out, so a caller sees the same shape whichever side served it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
+
+log = logging.getLogger("airflow_fsmigration.serving")
+
+Rows = dict[str, dict[str, Any]]
+
+
+class Backend(Protocol):
+    """What the router needs from a store."""
+
+    name: str
+
+    def read(self, group: str, entity_ids: Sequence[str]) -> Rows: ...
+
+    def close(self) -> None: ...
+
+
+class UnknownGroup(KeyError):
+    """The backend was not configured for a group."""
+
+    def __init__(self, backend: str, group: str, known: Sequence[str]) -> None:
+        super().__init__(
+            f"{backend}: no feature group '{group}' (known: {', '.join(sorted(known)) or 'none'}); "
+            "check the group name against the plan"
+        )
+
+
+# -- value decoding ------------------------------------------------------------------------
+
+
+def _ts(value: Any) -> datetime:
+    """ISO-8601 text (a trailing Z allowed) or epoch seconds, as an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.fromtimestamp(float(text), UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_TRUE = {b"true", b"1", b"True", b"TRUE", b"t"}
+_FALSE = {b"false", b"0", b"False", b"FALSE", b"f"}
+
+
+def _bool_text(value: bytes) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (expected true/false or 1/0)")
+
+
+def _str_text(value: bytes) -> str:
+    return value.decode()
+
+
+STRING_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "int64": int,
+    "float64": float,
+    "string": _str_text,
+    "bool": _bool_text,
+    "timestamp": _ts,
+}
+
+
+def _json_scalar(dtype: str) -> Callable[[bytes], Any]:
+    def decode(value: bytes) -> Any:
+        v = json.loads(value)
+        if v is None:
+            return None
+        if dtype == "timestamp":
+            return _ts(v)
+        if dtype == "float64":
+            return float(v)
+        if dtype == "int64":
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError(f"{v!r} is not an integer")
+            return int(v)
+        if dtype == "bool" and not isinstance(v, bool):
+            raise ValueError(f"{v!r} is not a JSON boolean")
+        return v
+
+    return decode
+
+
+class LegacyRedisBackend:
+    """The legacy online store: one Redis hash per entity at the plan's ``key_template``.
+
+    One HGETALL for a single entity, a non-transactional pipeline for a batch. A missing hash
+    is a missing entity; a missing field is a null. A value that does not decode is served as
+    null, counted in ``decode_errors`` and logged once per (group, feature), since the old store
+    is the fallback of last resort and must not fail a request over one bad field.
+    """
+
+    name = "old"
+
+    def __init__(self, client: Any, groups: Sequence[FeatureGroup]) -> None:
+        self.client = client
+        self.decode_errors = 0
+        self._warned: set[tuple[str, str]] = set()
+        self._groups: dict[str, tuple[str, str, list[tuple[bytes, str, Callable[[bytes], Any]]]]] = {}
+        for g in groups:
+            prefix, _, suffix = g.legacy_online.key_template.partition("{entity}")
+            if str(g.legacy_online.encoding) == "json":
+                decoders = [(f.name.encode(), f.name, _json_scalar(str(f.dtype))) for f in g.features]
+            else:
+                decoders = [(f.name.encode(), f.name, STRING_DECODERS[str(f.dtype)]) for f in g.features]
+            self._groups[g.name] = (prefix, suffix, decoders)
+
+    @classmethod
+    def from_plan(cls, client: Any, plan: MigrationPlan) -> LegacyRedisBackend:
+        return cls(client, list(plan.groups.values()))
+
+    def key(self, group: str, entity_id: str) -> str:
+        prefix, suffix, _ = self._spec(group)
+        return prefix + entity_id + suffix
+
+    def _spec(self, group: str) -> tuple[str, str, list[tuple[bytes, str, Callable[[bytes], Any]]]]:
+        try:
+            return self._groups[group]
+        except KeyError:
+            raise UnknownGroup("legacy Redis backend", group, list(self._groups)) from None
+
+    def read(self, group: str, entity_ids: Sequence[str]) -> Rows:
+        prefix, suffix, decoders = self._spec(group)
+        if len(entity_ids) == 1:
+            raws = [self.client.hgetall(prefix + entity_ids[0] + suffix)]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for e in entity_ids:
+                pipe.hgetall(prefix + e + suffix)
+            raws = pipe.execute()
+        out: Rows = {}
+        for entity_id, raw in zip(entity_ids, raws, strict=True):
+            if not raw:
+                continue
+            row: dict[str, Any] = {}
+            for field, name, decode in decoders:
+                value = raw.get(field)
+                if value is None:
+                    row[name] = None
+                    continue
+                try:
+                    row[name] = decode(value)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    row[name] = None
+                    self._bad_value(group, name, entity_id, value, exc)
+            out[entity_id] = row
+        return out
+
+    def _bad_value(self, group: str, feature: str, entity_id: str, value: bytes, exc: Exception) -> None:
+        self.decode_errors += 1
+        if (group, feature) not in self._warned:
+            self._warned.add((group, feature))
+            log.warning(
+                "group '%s' feature '%s': legacy Redis value %r for entity %s does not decode (%s); "
+                "served as null (further bad values of this feature are only counted)",
+                group,
+                feature,
+                value[:80],
+                entity_id,
+                exc,
+            )
+
+    def close(self) -> None:
+        """The Redis client belongs to the caller."""
+
+
+class PostgresBackend:
+    """The new store over the Postgres wire protocol (Postgres, RisingWave).
+
+    ``SELECT <key>::text, <features> FROM <schema>.<group> WHERE <key>::text = ANY(%s)`` on a
+    small pool of connections, each with a statement timeout, so a slow or hung store turns into
+    an exception the router's circuit breaker can count instead of a blocked model server.
+    A connection that failed is discarded; the next read opens a fresh one.
+
+    :param url: libpq URL of the new store.
+    :param plan: the migration plan (schema, entity keys, features).
+    :param pool_size: connections kept open at most.
+    :param statement_timeout_ms: server-side timeout per query.
+    :param connect_timeout_s: libpq connect timeout (libpq's minimum is 2 s).
+    """
+
+    name = "new"
+
+    def __init__(
+        self,
+        url: str,
+        plan: MigrationPlan,
+        *,
+        pool_size: int = 4,
+        statement_timeout_ms: int = 2000,
+        connect_timeout_s: int = 2,
+    ) -> None:
+        from psycopg import sql
+
+        self.url = url
+        self.pool_size = pool_size
+        self.statement_timeout_ms = statement_timeout_ms
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+        self._queries: dict[str, tuple[Any, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
+        schema = plan.new_store.schema_name
+        for g in plan.groups.values():
+            columns = [sql.SQL("{}::text").format(sql.Identifier(g.entity_key))]
+            columns += [sql.Identifier(f.name) for f in g.features]
+            query = sql.SQL("SELECT {cols} FROM {rel} WHERE {key}::text = ANY(%s)").format(
+                cols=sql.SQL(", ").join(columns),
+                rel=sql.Identifier(schema, g.name),
+                key=sql.Identifier(g.entity_key),
+            )
+            self._queries[g.name] = (query, [(f.name, _PG_CONVERT.get(str(f.dtype))) for f in g.features])
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=self.connect_timeout_s,
+            options=f"-c statement_timeout={int(self.statement_timeout_ms)}",
+            application_name="fsmig-router",
+        )
+
+    def read(self, group: str, entity_ids: Sequence[str]) -> Rows:
+        try:
+            query, columns = self._queries[group]
+        except KeyError:
+            raise UnknownGroup("new-store Postgres backend", group, list(self._queries)) from None
+        if self._closed:
+            raise RuntimeError("the new-store backend is closed")
+        if not self._slots.acquire(timeout=self.statement_timeout_ms / 1000 + self.connect_timeout_s):
+            raise TimeoutError(f"group '{group}': all {self.pool_size} new-store connections are busy")
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            rows = conn.execute(query, (list(entity_ids),), prepare=True).fetchall()
+        except BaseException:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = None
+            raise
+        finally:
+            if conn is not None:
+                self._idle.put(conn)
+            self._slots.release()
+        out: Rows = {}
+        for row in rows:
+            out[row[0]] = {
+                name: (convert(v) if convert is not None and v is not None else v)
+                for (name, convert), v in zip(columns, row[1:], strict=True)
+            }
+        return out
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _pg_float(value: Any) -> float:
+    return float(value)
+
+
+def _pg_int(value: Any) -> int:
+    return int(value) if isinstance(value, Decimal) else value
+
+
+def _pg_ts(value: Any) -> Any:
+    return value if not isinstance(value, datetime) or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_PG_CONVERT: dict[str, Callable[[Any], Any]] = {"float64": _pg_float, "int64": _pg_int, "timestamp": _pg_ts}

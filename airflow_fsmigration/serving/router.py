@@ -1,0 +1,597 @@
+"""``FeatureRouter``: serve each entity from the old or the new store by the current ramp.
+
+Hot path per call (everything else happens on background threads):
+
+1. the group's bucket threshold from an in-process dict (kept current by a pub/sub listener);
+2. CRC-32 bucketing of each entity id (see :mod:`.bucketing`);
+3. new-side ids: one read of the new store unless its circuit breaker is open; any failure
+   sends those ids to the old store instead, with no error to the caller;
+4. one read of the old store for the rest;
+5. one deque append per backend read for the stats (flushed to Redis per time bucket).
+
+The breaker is ``pybreaker`` (its ``call()`` costs ~1.3 us here), but the router only goes
+through it while failures are being counted or a trial is due; a healthy closed breaker costs
+one attribute check. A trip is published on ``fsmig:breaker`` so other processes open theirs
+without waiting for their own failures; each process then probes the store on its own timer.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pybreaker
+
+from airflow_fsmigration.serving.bucketing import BUCKETS, split
+from airflow_fsmigration.serving.routing import (
+    BREAKER_CHANNEL,
+    ROUTING_CHANNEL,
+    RouteState,
+    parse_state,
+    routing_key,
+)
+from airflow_fsmigration.serving.stats import StatsRecorder
+
+if TYPE_CHECKING:
+    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
+    from airflow_fsmigration.serving.backends import Backend, Rows
+
+log = logging.getLogger("airflow_fsmigration.serving")
+
+_now_ns = time.perf_counter_ns
+_monotonic = time.monotonic
+
+
+class ServingError(RuntimeError):
+    """The old store failed: there is nothing left to fall back to."""
+
+
+class _BreakerListener(pybreaker.CircuitBreakerListener):
+    """Mirror pybreaker's state into plain attributes the hot path can read for free."""
+
+    def __init__(self, breaker: GroupBreaker) -> None:
+        self._breaker = breaker
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        b = self._breaker
+        name = new_state.name
+        if name == pybreaker.STATE_OPEN:
+            b.open_until = _monotonic() + cb.reset_timeout
+            b.is_open = True
+            b.trips += 1
+            if not b.applying_remote:
+                b.on_trip(b.group)
+        elif name == pybreaker.STATE_CLOSED:
+            b.is_open = False
+            b.dirty = False
+
+
+class GroupBreaker:
+    """The new store's circuit breaker for one group, in process.
+
+    ``is_open``/``open_until``/``dirty`` are the hot-path view; pybreaker holds the state machine
+    (consecutive failure count, open -> half-open after ``reset_timeout``, close on success).
+    """
+
+    def __init__(self, group: str, fail_max: int, reset_timeout_s: float, on_trip: Any) -> None:
+        self.group = group
+        self.is_open = False
+        self.open_until = 0.0
+        self.dirty = False
+        self.trips = 0
+        self.applying_remote = False
+        self.on_trip = on_trip
+        self.cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout_s,
+            listeners=[_BreakerListener(self)],
+            name=f"fsmig-new-store:{group}",
+        )
+
+    @property
+    def state(self) -> str:
+        return str(self.cb.current_state)
+
+    def allows(self) -> bool:
+        """Closed, or open long enough that a trial read is due."""
+        return not self.is_open or _monotonic() >= self.open_until
+
+    def call(self, func: Any, *args: Any) -> Any:
+        """Run ``func`` under the breaker: directly when healthy, through pybreaker otherwise."""
+        if not self.is_open and not self.dirty:
+            try:
+                return func(*args)
+            except Exception as exc:
+                self.dirty = True
+                self._count_failure(exc)
+                raise
+        result = self.cb.call(func, *args)
+        if not self.is_open:
+            self.dirty = False
+        return result
+
+    def _count_failure(self, exc: Exception) -> None:
+        def _raise() -> None:
+            raise exc
+
+        with contextlib.suppress(Exception):
+            self.cb.call(_raise)
+
+    def open_remote(self) -> None:
+        """Open because another process tripped (no re-publish)."""
+        if self.is_open:
+            return
+        self.applying_remote = True
+        try:
+            self.cb.open()
+        finally:
+            self.applying_remote = False
+
+
+class FeatureRouter:
+    """Route feature reads between the legacy store and the new store by the registry's ramp.
+
+    :param redis_client: ``redis.Redis`` (bytes responses) holding the routing mirror; also used
+        for pub/sub, breaker trips and stats unless ``stats_client`` is given.
+    :param old_backend: the legacy store (e.g. :class:`~.backends.LegacyRedisBackend`).
+    :param new_backend: the new store (e.g. :class:`~.backends.PostgresBackend`).
+    :param plan: the migration plan; gives shadow comparisons their per-feature tolerances.
+    :param breaker_fail_max: consecutive new-store failures that open a group's breaker.
+    :param breaker_reset_s: how long an open breaker waits before a trial read.
+    :param share_trips: publish local trips and open on trips published by other processes.
+    :param stats_bucket_s: stats time bucket (seconds) in Redis.
+    :param stats_flush_s: how often stats are flushed (``0``: only on :meth:`flush_stats`).
+    :param stats_retention_s: how long stats live in Redis.
+    :param shadow_rate: share of old-served requests also read from the new store (0 disables).
+    :param shadow_max_per_s: at most this many shadow reads per second (token bucket).
+    :param shadow_max_entities: at most this many entities compared per shadow read.
+    :param refresh_s: full re-read of the mirror this often, repairing missed publishes.
+    :param listen: run the pub/sub listener (``False``: state is read once per group and on
+        :meth:`refresh`; for tools and tests).
+    """
+
+    def __init__(
+        self,
+        redis_client: Any,
+        old_backend: Backend,
+        new_backend: Backend,
+        *,
+        plan: MigrationPlan | None = None,
+        breaker_fail_max: int = 5,
+        breaker_reset_s: float = 10.0,
+        share_trips: bool = True,
+        stats_client: Any = None,
+        stats_bucket_s: int = 10,
+        stats_flush_s: float = 1.0,
+        stats_retention_s: int = 14 * 86400,
+        shadow_rate: float = 0.0,
+        shadow_max_per_s: float = 50.0,
+        shadow_max_entities: int = 20,
+        refresh_s: float = 5.0,
+        listen: bool = True,
+    ) -> None:
+        if not 0.0 <= shadow_rate <= 1.0:
+            raise ValueError(f"shadow_rate is a share in 0..1, got {shadow_rate}")
+        self.redis = redis_client
+        self.old = old_backend
+        self.new = new_backend
+        self.plan = plan
+        self.instance_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.breaker_fail_max = breaker_fail_max
+        self.breaker_reset_s = breaker_reset_s
+        self.share_trips = share_trips
+        self.refresh_s = refresh_s
+        self.stats = StatsRecorder(
+            stats_client or redis_client,
+            bucket_s=stats_bucket_s,
+            flush_interval_s=stats_flush_s,
+            retention_s=stats_retention_s,
+        )
+        # Hot-path state: group -> bucket threshold; plain dict reads/writes are atomic under the GIL.
+        self._thresholds: dict[str, int] = {}
+        self._states: dict[str, RouteState | None] = {}
+        self._breakers: dict[str, GroupBreaker] = {}
+        self._breaker_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.fallbacks = 0
+        self.routing_updates = 0
+        # Breaker trips go out on a thread: a failing request must not also wait for a PUBLISH.
+        self._trip_outbox: queue.Queue[str | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        # Shadow sampling.
+        self.shadow_rate = shadow_rate
+        self.shadow_max_per_s = shadow_max_per_s
+        self.shadow_max_entities = shadow_max_entities
+        self._shadow_tokens = shadow_max_per_s
+        self._shadow_refill = _monotonic()
+        self._shadow_queue: queue.Queue[tuple[str, list[str], Rows] | None] = queue.Queue(maxsize=256)
+        self.shadow_dropped = 0
+        self.shadow_errors = 0
+        self.shadow_compared = 0
+        self.shadow_mismatched = 0
+        self._mismatch_log_budget = collections.deque(maxlen=20)
+        self._subscribed = threading.Event()
+        if share_trips:
+            self._start(self._publish_trips, "fsmig-breaker-publish")
+        if shadow_rate > 0:
+            self._start(self._shadow_worker, "fsmig-shadow")
+        if listen:
+            self._start(self._listen, "fsmig-routing-listener")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _start(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Block until the listener is subscribed (so no publish after this is missed)."""
+        return self._subscribed.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the threads, flush stats, close the backends."""
+        self._stop.set()
+        self._trip_outbox.put(None)
+        with contextlib.suppress(queue.Full):
+            self._shadow_queue.put_nowait(None)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        self.stats.close()
+        for backend in (self.new, self.old):
+            with contextlib.suppress(Exception):
+                backend.close()
+
+    def __enter__(self) -> FeatureRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- routing state --------------------------------------------------------------------
+    def _apply(self, group: str, state: RouteState | None, *, force: bool = False) -> None:
+        """Take a state unless it is older than the one held (pub/sub and refresh can cross)."""
+        held = self._states.get(group)
+        if not force and state is not None and held is not None and state.version < held.version:
+            return
+        self._states[group] = state
+        threshold = state.threshold if state is not None else 0
+        if self._thresholds.get(group) != threshold:
+            log.info(
+                "group %s: routing now %s%% new (phase %s, version %s)",
+                group,
+                threshold / 100,
+                state.phase if state else "none",
+                state.version if state else "-",
+            )
+            self.routing_updates += 1
+        self._thresholds[group] = threshold
+
+    def _load(self, group: str) -> int:
+        """First sight of a group: read its state once (old store if Redis does not answer)."""
+        import redis
+
+        try:
+            raw = self.redis.get(routing_key(group))
+        except redis.RedisError as exc:
+            log.warning("group %s: routing state unreadable (%s); serving from the old store", group, exc)
+            raw = None
+        self._apply(group, parse_state(raw, group))
+        return self._thresholds[group]
+
+    def refresh(self) -> None:
+        """Re-read the mirror of every group seen so far (repairs a missed publish)."""
+        groups = list(self._thresholds)
+        if not groups:
+            return
+        raws = self.redis.mget([routing_key(g) for g in groups])
+        for group, raw in zip(groups, raws, strict=True):
+            self._apply(group, parse_state(raw, group))
+
+    def _fail_safe(self) -> None:
+        """Redis is unreachable: every known group serves from the old store until it is back."""
+        for group in list(self._thresholds):
+            self._apply(group, None, force=True)
+
+    def _listen(self) -> None:
+        import redis
+
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                channels = [ROUTING_CHANNEL] + ([BREAKER_CHANNEL] if self.share_trips else [])
+                pubsub.subscribe(*channels)
+                # Subscribed first, then read: a change between the two is caught either way.
+                self.refresh()
+                self._subscribed.set()
+                backoff = 0.1
+                next_refresh = _monotonic() + self.refresh_s
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=min(0.5, self.refresh_s))
+                    if msg is not None and msg.get("type") == "message":
+                        self._on_message(msg["channel"], msg["data"])
+                    if _monotonic() >= next_refresh:
+                        self.refresh()
+                        next_refresh = _monotonic() + self.refresh_s
+            except redis.RedisError as exc:
+                self._subscribed.clear()
+                if not self._stop.is_set():
+                    log.warning(
+                        "routing listener lost Redis (%s); serving from the old store until it is back", exc
+                    )
+                    self._fail_safe()
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            except Exception:  # pragma: no cover - keep listening whatever one message did
+                log.exception("routing listener error")
+                self._stop.wait(backoff)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def _on_message(self, channel: bytes | str, data: bytes | str) -> None:
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if channel == ROUTING_CHANNEL:
+            state = parse_state(data)
+            if state is not None:
+                self._apply(state.group, state)
+            return
+        if channel == BREAKER_CHANNEL:
+            try:
+                trip = json.loads(data)
+                group, origin = str(trip["group"]), str(trip["origin"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed breaker message %r", data[:200])
+                return
+            if origin != self.instance_id and trip.get("state") == "open":
+                log.warning(
+                    "group %s: new-store breaker opened by process %s; opening here too", group, origin
+                )
+                self.breaker(group).open_remote()
+
+    def _publish_trips(self) -> None:
+        while True:
+            group = self._trip_outbox.get()
+            if group is None:
+                return
+            payload = json.dumps(
+                {"group": group, "state": "open", "origin": self.instance_id, "at": time.time()}
+            )
+            try:
+                self.redis.publish(BREAKER_CHANNEL, payload)
+            except Exception as exc:
+                log.warning("group %s: could not share the breaker trip (%s)", group, exc)
+
+    def _on_trip(self, group: str) -> None:
+        log.warning(
+            "group %s: new-store circuit breaker opened after %s consecutive failures; serving from the old store",
+            group,
+            self.breaker_fail_max,
+        )
+        if self.share_trips:
+            self._trip_outbox.put(group)
+
+    def breaker(self, group: str) -> GroupBreaker:
+        b = self._breakers.get(group)
+        if b is None:
+            with self._breaker_lock:
+                b = self._breakers.get(group)
+                if b is None:
+                    b = self._breakers[group] = GroupBreaker(
+                        group, self.breaker_fail_max, self.breaker_reset_s, self._on_trip
+                    )
+        return b
+
+    def state(self, group: str) -> RouteState | None:
+        """The routing state this process currently applies (``None``: old store)."""
+        if group not in self._thresholds:
+            self._load(group)
+        return self._states.get(group)
+
+    def ramp_pct(self, group: str) -> float:
+        """The share of entities this process currently sends to the new store, in %."""
+        t = self._thresholds.get(group)
+        return (self._load(group) if t is None else t) / 100
+
+    def route(self, group: str, entity_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Partition ids into (old, new) by the current ramp, ignoring the breaker."""
+        t = self._thresholds.get(group)
+        if t is None:
+            t = self._load(group)
+        if t <= 0:
+            return list(entity_ids), []
+        if t >= BUCKETS:
+            return [], list(entity_ids)
+        return split(entity_ids, t)
+
+    # -- reads ----------------------------------------------------------------------------
+    def get_features(self, group: str, entity_ids: Sequence[str]) -> Rows:
+        """Features of ``entity_ids`` (``{entity_id: {feature: value}}``; unknown entities absent).
+
+        Raises :class:`ServingError` only when the old store fails; new-store failures fall
+        back to the old store silently (counted in stats and ``fallbacks``).
+        """
+        t = self._thresholds.get(group)
+        if t is None:
+            t = self._load(group)
+        if t <= 0:
+            old_ids, new_ids = entity_ids, ()
+        elif t >= BUCKETS:
+            old_ids, new_ids = (), entity_ids
+        else:
+            old_ids, new_ids = split(entity_ids, t)
+        rows: Rows | None = None
+        if new_ids:
+            b = self._breakers.get(group) or self.breaker(group)
+            if b.allows():
+                start = _now_ns()
+                try:
+                    rows = b.call(self.new.read, group, new_ids)
+                except Exception as exc:
+                    self.stats.record(group, "new", (_now_ns() - start) // 1000, True)
+                    self._fell_back(group, exc, len(new_ids))
+                    old_ids = [*old_ids, *new_ids]
+                else:
+                    self.stats.record(group, "new", (_now_ns() - start) // 1000)
+            else:
+                self.fallbacks += len(new_ids)
+                old_ids = [*old_ids, *new_ids]
+        if not old_ids:
+            return rows if rows is not None else {}
+        start = _now_ns()
+        try:
+            old_rows = self.old.read(group, old_ids)
+        except Exception as exc:
+            self.stats.record(group, "old", (_now_ns() - start) // 1000, True)
+            raise ServingError(
+                f"group '{group}': the legacy store failed for {len(old_ids)} entities "
+                f"({type(exc).__name__}: {exc}); no fallback is left"
+            ) from exc
+        self.stats.record(group, "old", (_now_ns() - start) // 1000)
+        if self.shadow_rate and old_rows and random.random() < self.shadow_rate:
+            self._maybe_shadow(group, old_ids, old_rows)
+        if rows:
+            old_rows.update(rows)
+        return old_rows
+
+    def read_backend(
+        self, group: str, entity_ids: Sequence[str], backend: str, *, record: bool = False
+    ) -> Rows:
+        """Read one backend directly, bypassing ramp and breaker (load tests, diagnostics).
+
+        Errors propagate. ``record=True`` also counts the read in the serving stats; load tests
+        leave it off so synthetic traffic does not move a bake gate.
+        """
+        store = {"old": self.old, "new": self.new}.get(backend)
+        if store is None:
+            raise ValueError(f"backend must be 'old' or 'new', got {backend!r}")
+        if not record:
+            return store.read(group, entity_ids)
+        start = _now_ns()
+        try:
+            rows = store.read(group, entity_ids)
+        except Exception:
+            self.stats.record(group, backend, (_now_ns() - start) // 1000, True)
+            raise
+        self.stats.record(group, backend, (_now_ns() - start) // 1000)
+        return rows
+
+    def _fell_back(self, group: str, exc: Exception, n: int) -> None:
+        self.fallbacks += n
+        log.debug(
+            "group %s: new store failed (%s: %s); %d entities served from the old store",
+            group,
+            type(exc).__name__,
+            exc,
+            n,
+        )
+
+    def flush_stats(self) -> int:
+        """Write the stats recorded so far to Redis now (returns samples written)."""
+        return self.stats.flush()
+
+    # -- shadow sampling ------------------------------------------------------------------
+    def _maybe_shadow(self, group: str, ids: Sequence[str], old_rows: Rows) -> None:
+        now = _monotonic()
+        self._shadow_tokens = min(
+            self.shadow_max_per_s, self._shadow_tokens + (now - self._shadow_refill) * self.shadow_max_per_s
+        )
+        self._shadow_refill = now
+        if self._shadow_tokens < 1:
+            return
+        self._shadow_tokens -= 1
+        sample = list(ids[: self.shadow_max_entities])
+        try:
+            self._shadow_queue.put_nowait((group, sample, {e: old_rows[e] for e in sample if e in old_rows}))
+        except queue.Full:
+            self.shadow_dropped += 1
+
+    def _shadow_worker(self) -> None:
+        while not self._stop.is_set():
+            item = self._shadow_queue.get()
+            if item is None:
+                return
+            group, ids, old_rows = item
+            try:
+                new_rows = self.new.read(group, ids)
+            except Exception as exc:
+                self.shadow_errors += 1
+                log.debug("group %s: shadow read of the new store failed: %s", group, exc)
+                continue
+            self._compare(group, ids, old_rows, new_rows)
+
+    def _compare(self, group: str, ids: Sequence[str], old_rows: Rows, new_rows: Rows) -> None:
+        spec = self.plan.groups.get(group) if self.plan is not None else None
+        for e in ids:
+            old, new = old_rows.get(e), new_rows.get(e)
+            if old is None and new is None:
+                continue
+            diffs = _row_diffs(spec, old, new)
+            self.shadow_compared += 1
+            self.stats.record_shadow(group, not diffs)
+            if diffs:
+                self.shadow_mismatched += 1
+                self._log_mismatch(group, e, diffs)
+
+    def _log_mismatch(self, group: str, entity_id: str, diffs: list[str]) -> None:
+        now = _monotonic()
+        budget = self._mismatch_log_budget
+        if len(budget) == budget.maxlen and now - budget[0] < 60:
+            return  # at most 20 mismatch lines a minute
+        budget.append(now)
+        log.info("group %s: shadow mismatch for entity %s: %s", group, entity_id, "; ".join(diffs[:5]))
+
+
+def _row_diffs(
+    spec: FeatureGroup | None, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> list[str]:
+    """Features that differ between an old and a new row, judged with the plan's tolerances."""
+    if old is None:
+        return ["entity missing from the old store"]
+    if new is None:
+        return ["entity missing from the new store"]
+    diffs = []
+    features = spec.features if spec is not None else None
+    names = [f.name for f in features] if features is not None else sorted(set(old) | set(new))
+    for i, name in enumerate(names):
+        a, b = old.get(name), new.get(name)
+        f = features[i] if features is not None else None
+        if not _values_match(f, a, b):
+            diffs.append(f"{name}: old={a!r} new={b!r}")
+    return diffs
+
+
+def _values_match(feature: Any, a: Any, b: Any) -> bool:
+    policy = str(feature.null_policy) if feature is not None else "null_equals_null"
+    if a is None or b is None:
+        if policy == "nulls_never_match":
+            return False
+        if a is None and b is None:
+            return True
+        if policy == "null_equals_zero":
+            other = b if a is None else a
+            return other in (0, "", False)
+        return False
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            fa, fb = float(a), float(b)
+        except (TypeError, ValueError):
+            return False
+        atol = feature.atol if feature is not None else 0.0
+        rtol = feature.rtol if feature is not None else 0.0
+        if math.isnan(fa) or math.isnan(fb):
+            return math.isnan(fa) and math.isnan(fb)
+        return abs(fa - fb) <= atol + rtol * abs(fb)
+    return a == b

@@ -1,0 +1,353 @@
+"""FeatureRouter against a real legacy Redis and a real Postgres new store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
+from airflow_fsmigration.serving.bucketing import bucket_of, routes_to_new, threshold_for
+from airflow_fsmigration.serving.router import FeatureRouter, ServingError
+from airflow_fsmigration.serving.routing import publish_state, routing_key
+from airflow_fsmigration.serving.stats import read_window
+
+GROUP = "user_profile"
+OLD_KYC, NEW_KYC = 1, 2  # the one value that tells which store served an entity
+
+
+def seed_stores(plan, redis_client, pg_url: str, n: int, *, new_kyc: int = NEW_KYC) -> list[str]:
+    """n users in both stores; identical features except kyc_level (old 1, new ``new_kyc``)."""
+    ids = [f"u{i:06d}" for i in range(n)]
+    template = plan.groups[GROUP].legacy_online.key_template
+    pipe = redis_client.pipeline(transaction=False)
+    for i, e in enumerate(ids):
+        pipe.hset(
+            template.replace("{entity}", e),
+            mapping={
+                "account_age_days": json.dumps(i),
+                "country": json.dumps("DE"),
+                "is_verified": json.dumps(i % 2 == 0),
+                "kyc_level": json.dumps(OLD_KYC),
+                "email_domain_risk": json.dumps(0.25),
+                "device_count_30d": "3",
+                "login_count_7d": "7",
+                # failed_login_count_24h absent: a null
+                "_ts": json.dumps("2026-01-01T00:00:00Z"),
+            },
+        )
+    pipe.execute()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA features")
+        conn.execute(
+            "CREATE TABLE features.user_profile (user_id text PRIMARY KEY, account_age_days bigint, country text,"
+            " is_verified boolean, kyc_level bigint, email_domain_risk numeric, device_count_30d bigint,"
+            " login_count_7d bigint, failed_login_count_24h bigint, source_ts timestamptz)"
+        )
+        with conn.cursor().copy("COPY features.user_profile FROM STDIN") as copy:
+            for i, e in enumerate(ids):
+                copy.write_row((e, i, "DE", i % 2 == 0, new_kyc, "0.25", 3, 7, None, "2026-01-01T00:00:00Z"))
+    return ids
+
+
+def make_router(plan, redis_client, pg_url, **kw) -> FeatureRouter:
+    kw.setdefault("stats_flush_s", 0)
+    router = FeatureRouter(
+        redis_client,
+        LegacyRedisBackend.from_plan(redis_client, plan),
+        PostgresBackend(pg_url, plan, statement_timeout_ms=1000),
+        plan=plan,
+        **kw,
+    )
+    assert not kw.get("listen", True) or router.wait_ready(5)
+    return router
+
+
+def served_from_new(rows) -> set[str]:
+    return {e for e, r in rows.items() if r["kyc_level"] == NEW_KYC}
+
+
+# -- bucketing -------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_bucket_is_stable_across_processes_and_hash_seeds():
+    ids = ["u000001", "merchant-42", "ü-ñ", ""]
+    here = [bucket_of(e) for e in ids]
+    assert here == [bucket_of(e) for e in ids] and all(0 <= b < 10_000 for b in here)
+    code = (
+        f"from airflow_fsmigration.serving.bucketing import bucket_of; print([bucket_of(e) for e in {ids!r}])"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed},
+        )
+        assert out.stdout.strip() == str(here)
+    # Pinned values: changing the hash would move live traffic between stores.
+    assert bucket_of("u000001") == 1009 and bucket_of("merchant-42") == 8786
+
+
+@pytest.mark.unit
+def test_ramp_is_monotone_and_proportional():
+    ids = [f"user_{i}" for i in range(50_000)]
+    previous: set[str] = set()
+    for pct in (0, 1, 5, 25, 50, 99.5, 100):
+        on_new = {e for e in ids if routes_to_new(e, pct)}
+        assert previous <= on_new  # nobody moves back as the ramp grows
+        assert abs(len(on_new) / len(ids) - pct / 100) < 0.01
+        previous = on_new
+    assert len(previous) == len(ids)
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        threshold_for(101)
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_router_honours_ramp_and_returns_typed_rows(demo_plan, redis_client, pg_url):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 2000)
+    publish_state(redis_client, GROUP, phase="ramping", ramp_pct=30, version=3)
+    with make_router(demo_plan, redis_client, pg_url) as router:
+        rows = {}
+        for i in range(0, len(ids), 200):
+            rows.update(router.get_features(GROUP, ids[i : i + 200]))
+        assert len(rows) == 2000
+        new_side = served_from_new(rows)
+        assert new_side == {e for e in ids if bucket_of(e) < 3000}
+        assert 0.27 < len(new_side) / 2000 < 0.33
+        old_row, new_row = rows["u000001"], rows["u000004"]
+        for row in (old_row, new_row):  # both stores give the same typed shape
+            assert set(row) == set(demo_plan.groups[GROUP].feature_names)
+            assert row["country"] == "DE" and row["failed_login_count_24h"] is None
+            assert row["email_domain_risk"] == 0.25 and isinstance(row["email_domain_risk"], float)
+        assert rows["u000001"]["is_verified"] is False and rows["u000002"]["is_verified"] is True
+        assert router.get_features(GROUP, ["nobody"]) == {}
+        flushed = router.flush_stats()
+        stats = read_window(
+            redis_client,
+            GROUP,
+            datetime.now(UTC) - timedelta(minutes=1),
+            datetime.now(UTC) + timedelta(minutes=1),
+        )
+        assert (
+            stats["old"].count + stats["new"].count == flushed == 11 + 10
+        )  # 10 batches hit both, 1 old-only
+        assert stats["new"].errors == 0 and stats["new"].p99_ms is not None
+
+
+@pytest.mark.integration
+def test_missing_malformed_rolled_back_and_frozen_states(demo_plan, redis_client, pg_url):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 300)
+    with make_router(demo_plan, redis_client, pg_url, listen=False) as router:
+        assert router.ramp_pct(GROUP) == 0 and not served_from_new(router.get_features(GROUP, ids))
+        redis_client.set(routing_key(GROUP), b"{not json")
+        router.refresh()
+        assert router.ramp_pct(GROUP) == 0
+        publish_state(redis_client, GROUP, phase="frozen", ramp_pct=50, version=4)
+        router.refresh()
+        assert router.ramp_pct(GROUP) == 50
+        publish_state(redis_client, GROUP, phase="rolled_back", ramp_pct=50, version=5)
+        router.refresh()
+        assert router.ramp_pct(GROUP) == 0 and not served_from_new(router.get_features(GROUP, ids))
+        publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=6)
+        router.refresh()
+        assert served_from_new(router.get_features(GROUP, ids)) == set(ids)
+
+
+@pytest.mark.integration
+def test_published_change_applies_within_a_second(demo_plan, redis_client, redis_url, pg_url):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 200)
+    publish_state(redis_client, GROUP, phase="cutover", ramp_pct=100, version=7)
+    # A long refresh interval: only the publish can explain a fast change.
+    with make_router(demo_plan, redis.Redis.from_url(redis_url), pg_url, refresh_s=60) as router:
+        assert served_from_new(router.get_features(GROUP, ids)) == set(ids)
+        t0 = time.monotonic()
+        publish_state(redis_client, GROUP, phase="rolled_back", ramp_pct=0, version=8)
+        while router.ramp_pct(GROUP) != 0 and time.monotonic() - t0 < 2:
+            time.sleep(0.001)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, f"rollback took {elapsed:.3f}s to reach the router"
+        assert served_from_new(router.get_features(GROUP, ids)) == set()
+        # An older version arriving late does not undo the rollback.
+        publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=7)
+        time.sleep(0.2)
+        assert router.ramp_pct(GROUP) == 0
+
+
+@pytest.mark.integration
+def test_rollback_reaches_a_router_in_another_process(demo_plan, redis_client, redis_url, pg_url):
+    seed_stores(demo_plan, redis_client, pg_url, 10)
+    publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=1)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.bench_router", "--child", redis_url, pg_url, "--group", GROUP],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent),
+    )
+    try:
+        assert child.stdout.readline().split()[0] == "new"  # the child serves from the new store
+        t0 = time.time()
+        publish_state(redis_client, GROUP, phase="rolled_back", ramp_pct=0, version=2)
+        kind, ts = child.stdout.readline().split()
+        assert kind == "old"
+        assert float(ts) - t0 < 1.0
+    finally:
+        child.kill()
+        child.wait(5)
+
+
+# -- circuit breaker -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_breaker_opens_when_new_store_dies_and_callers_see_no_error(
+    demo_plan, postgres, redis_client, redis_url, pg_url
+):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 100)
+    publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=1)
+    with (
+        make_router(demo_plan, redis_client, pg_url, breaker_fail_max=3, breaker_reset_s=30) as router,
+        make_router(
+            demo_plan, redis.Redis.from_url(redis_url), pg_url, breaker_fail_max=3, breaker_reset_s=30
+        ) as peer,
+    ):
+        assert served_from_new(router.get_features(GROUP, ids[:10])) == set(ids[:10])
+        # Kill the new store: drop its database, terminating the router's connections.
+        dbname = urlsplit(pg_url).path.lstrip("/")
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+        for i in range(20):
+            rows = router.get_features(GROUP, ids[i * 5 : i * 5 + 5])  # never raises
+            assert len(rows) == 5 and not served_from_new(rows)
+        breaker = router.breaker(GROUP)
+        assert breaker.state == "open" and breaker.trips == 1
+        assert router.fallbacks == 100
+        router.flush_stats()
+        window = (datetime.now(UTC) - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
+        stats = read_window(redis_client, GROUP, *window)
+        assert stats["new"].errors == 3 and stats["new"].count == 4  # 1 good read + 3 failures, then no calls
+        assert stats["old"].count == 20 and stats["old"].errors == 0
+        # The trip was shared: the peer opens without a failure of its own.
+        deadline = time.monotonic() + 2
+        while peer.breaker(GROUP).state != "open" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert peer.breaker(GROUP).state == "open"
+        assert not served_from_new(peer.get_features(GROUP, ids[:10]))
+
+
+@pytest.mark.integration
+def test_breaker_half_opens_and_closes_when_store_recovers(demo_plan, redis_client, pg_url):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 20)
+    publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=1)
+
+    class Flaky:
+        name = "new"
+
+        def __init__(self, inner):
+            self.inner, self.down, self.calls = inner, True, 0
+
+        def read(self, group, entity_ids):
+            self.calls += 1
+            if self.down:
+                raise psycopg.OperationalError("injected: connection refused")
+            return self.inner.read(group, entity_ids)
+
+        def close(self):
+            self.inner.close()
+
+    flaky = Flaky(PostgresBackend(pg_url, demo_plan))
+    router = FeatureRouter(
+        redis_client,
+        LegacyRedisBackend.from_plan(redis_client, demo_plan),
+        flaky,
+        breaker_fail_max=2,
+        breaker_reset_s=0.3,
+        stats_flush_s=0,
+        share_trips=False,
+    )
+    with router:
+        for _ in range(5):
+            assert not served_from_new(router.get_features(GROUP, ids))
+        assert flaky.calls == 2 and router.breaker(GROUP).state == "open"
+        flaky.down = False
+        time.sleep(0.35)
+        assert served_from_new(router.get_features(GROUP, ids)) == set(ids)  # trial read succeeded
+        assert router.breaker(GROUP).state == "closed" and flaky.calls == 3
+
+
+@pytest.mark.integration
+def test_old_store_failure_is_an_error_naming_the_group(demo_plan, pg_url):
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    router = FeatureRouter(
+        dead,
+        LegacyRedisBackend.from_plan(dead, demo_plan),
+        PostgresBackend(pg_url, demo_plan),
+        listen=False,
+        stats_flush_s=0,
+        share_trips=False,
+    )
+    with router:
+        assert router.ramp_pct(GROUP) == 0  # Redis down: the safe side
+        with pytest.raises(ServingError, match="group 'user_profile': the legacy store failed"):
+            router.get_features(GROUP, ["u1"])
+
+
+# -- shadow sampling -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_shadow_sampling_counts_matches_and_mismatches(demo_plan, redis_client, pg_url):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 40, new_kyc=OLD_KYC)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # 4 entities differ beyond tolerance
+        conn.execute(
+            "UPDATE features.user_profile SET email_domain_risk = 0.5 WHERE user_id = ANY(%s)", (ids[:4],)
+        )
+        conn.execute(
+            "UPDATE features.user_profile SET email_domain_risk = 0.25005 WHERE user_id = ANY(%s)",
+            (ids[4:8],),
+        )
+    with make_router(
+        demo_plan, redis_client, pg_url, shadow_rate=1.0, shadow_max_per_s=1000, listen=False
+    ) as router:
+        for i in range(0, 40, 4):
+            router.get_features(GROUP, ids[i : i + 4])
+        deadline = time.monotonic() + 5
+        while router.shadow_compared < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (router.shadow_compared, router.shadow_mismatched) == (40, 4)  # atol 0.0001 absorbs 0.00005
+        router.flush_stats()
+        stats = read_window(
+            redis_client,
+            GROUP,
+            datetime.now(UTC) - timedelta(minutes=1),
+            datetime.now(UTC) + timedelta(minutes=1),
+        )
+        assert (stats["new"].shadow_matches, stats["new"].shadow_mismatches) == (36, 4)
+        assert stats["new"].count == 0 and stats["old"].count == 10  # shadow reads are not serving traffic
+
+
+@pytest.mark.integration
+def test_shadow_rate_limit(demo_plan, redis_client, pg_url):
+    ids = seed_stores(demo_plan, redis_client, pg_url, 5, new_kyc=OLD_KYC)
+    with make_router(
+        demo_plan, redis_client, pg_url, shadow_rate=1.0, shadow_max_per_s=3, listen=False
+    ) as router:
+        for _ in range(200):
+            router.get_features(GROUP, ids[:1])
+        time.sleep(0.3)
+        assert 3 <= router.shadow_compared <= 5
