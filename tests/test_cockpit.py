@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from airflow_fsmigration.devservices import airflow_conn_env, free_port
 from airflow_fsmigration.reports.cockpit import gather, render
 
 
@@ -57,3 +67,139 @@ def test_rows_follow_waves_and_say_the_next_gate(demo_plan) -> None:
     assert page.count("<tr>") >= len(demo_plan.groups)
     assert "99.800%" in page and 'href="/dags/user_txn_stats_rollback"' in page
     assert "bake breach: p99 +31 ms" in page
+
+
+# --- the page in a real browser, against a running Airflow API server -------------------------
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"api-server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:  # not up yet
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def api_server(pg_url, demo_plan):
+    """``airflow api-server`` with the provider's plugin, simple auth (admin, vera the viewer) and a
+    registry in which two demo groups have moved."""
+    from airflow_fsmigration.registry import Registry
+
+    registry = Registry(pg_url, plan=demo_plan)
+    registry.ensure_schema()
+    registry.register_plan(demo_plan, actor="test")
+    registry.transition("merchant_stats", "shadow", actor="test", reason="shadow started")
+    registry.transition(
+        "merchant_stats", "ramping", ramp_pct=5, actor="test", reason="soak green", soak_passed=True
+    )
+    registry.transition("item_popularity", "shadow", actor="test", reason="shadow started")
+    registry.close()
+
+    home = Path(tempfile.mkdtemp(prefix="fsmig_api_home_"))
+    (home / "dags").mkdir()
+    (home / "passwords.json").write_text(json.dumps({"admin": "admin-pw", "vera": "vera-pw"}))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,vera:viewer",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": "cockpit-test-secret-" + "x" * 48,
+            "FSMIG_PLAN": str(REPO / "include" / "demo_plan"),
+            **airflow_conn_env(demo_plan.connections.registry, pg_url),
+        }
+    )
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    log = open(home / "api-server.log", "w")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen(
+        [airflow, "api-server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
+    )
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_cockpit_in_browser_requires_login(api_server: str, browser, demo_plan) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Anonymous: refused, and nothing of the plan leaks.
+    browser.get(f"{api_server}/fsmig/cockpit")
+    assert "Not authenticated" in browser.page_source
+    assert "merchant_stats" not in browser.page_source
+
+    # Log in through Airflow's own login page as a viewer.
+    browser.get(f"{api_server}/auth/login")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[name=username]"))
+    browser.find_element(By.CSS_SELECTOR, "input[name=username]").send_keys("vera")
+    browser.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys("vera-pw")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 60).until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
+
+    browser.get(f"{api_server}/fsmig/cockpit")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table"))
+    assert browser.title == "Migration cockpit: fraud_recs_platform"
+    rows = {
+        r.find_elements(By.TAG_NAME, "td")[1].text: r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "table tr")
+        if r.find_elements(By.TAG_NAME, "td")
+    }
+    assert set(rows) == set(demo_plan.groups)
+    assert "ramping" in rows["merchant_stats"] and "5%" in rows["merchant_stats"]
+    assert "shadow" in rows["item_popularity"]
+    assert "planned" in rows["fraud_decision_features"]
+    assert "could not read" not in browser.page_source
+    shots = REPO / ".fsmig"
+    shots.mkdir(exist_ok=True)
+    browser.save_screenshot(str(shots / "cockpit.png"))  # for the README; .fsmig is gitignored
