@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+from datetime import timedelta
 
 import pytest
 
@@ -98,6 +99,24 @@ def test_ramp_before_soak_is_refused_with_reason(registry):
         registry.ramp(GROUP, 5, actor="t", reason="eager", soak_passed=False)
     assert registry.state(GROUP).version == 2  # nothing written
     assert len(registry.audit(GROUP)) == 2
+
+
+@pytest.mark.integration
+def test_soak_status_is_the_evidence(registry):
+    from airflow_fsmigration.compare.results import SoakStatus
+
+    registry.transition(GROUP, "shadow", actor="t", reason="deployed")
+    red = SoakStatus(GROUP, timedelta(days=14), timedelta(days=3), False, "green for 3d of the 14d soak")
+    with pytest.raises(IllegalTransition, match="soak_passed was False: green for 3d of the 14d soak"):
+        registry.ramp(GROUP, 5, actor="t", reason="eager", soak_passed=red)
+    other = SoakStatus("user_profile", timedelta(days=14), timedelta(days=14), True, "green")
+    with pytest.raises(ValueError, match="soak evidence passed is for group 'user_profile'"):
+        registry.ramp(GROUP, 5, actor="t", reason="mixup", soak_passed=other)
+    green = SoakStatus(GROUP, timedelta(days=14), timedelta(days=15), True, "green for 15d")
+    s = registry.ramp(GROUP, 5, actor="t", reason="soak green", soak_passed=green)
+    assert s.phase is Phase.RAMPING
+    evidence = registry.audit(GROUP)[-1].evidence
+    assert evidence["soak_passed"] is True and evidence["soak"]["green_s"] == 15 * 86400
 
 
 @pytest.mark.integration

@@ -302,13 +302,14 @@ class Registry:
         ramp_pct: float | None = None,
         expected_version: int | None = None,
         dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None = None,
-        soak_passed: bool | None = None,
+        soak_passed: bool | Any | None = None,
         evidence: Mapping[str, Any] | None = None,
     ) -> RoutingState:
         """Move ``group`` to ``to_phase`` if the state machine allows it; return the new state.
 
-        :param soak_passed: evidence from the caller that the shadow soak passed (the soak series is
-            owned by ``airflow_fsmigration.compare``); required to leave ``shadow``.
+        :param soak_passed: evidence from the caller that the shadow soak passed, required to leave
+            ``shadow``: True, or the group's ``SoakStatus`` from ``airflow_fsmigration.compare.results``
+            (its ``satisfied`` decides, and it is stored with the audit row).
         :param expected_version: apply only on top of this version, else raise
             :class:`VersionConflict`. Without it, a lost race re-reads and re-checks (bounded).
         :param evidence: JSON-able facts stored with the audit row (gate results, soak status).
@@ -321,13 +322,23 @@ class Registry:
             return self.freeze(group, reason=reason, actor=actor, dag_run=dag_run, evidence=evidence)
         _check_who_why(group, actor, reason)
         ev = dict(evidence or {})
+        soak_why = ""
+        if soak_passed is not None and not isinstance(soak_passed, bool):
+            # A SoakStatus from airflow_fsmigration.compare.results (duck-typed: no import cycle).
+            soak_group = getattr(soak_passed, "group", group)
+            if soak_group != group:
+                raise ValueError(f"group '{group}': the soak evidence passed is for group '{soak_group}'")
+            if hasattr(soak_passed, "to_dict"):
+                ev.setdefault("soak", soak_passed.to_dict())
+            soak_why = str(getattr(soak_passed, "reason", "") or "")
+            soak_passed = bool(soak_passed.satisfied)
         if soak_passed is not None:
             ev.setdefault("soak_passed", bool(soak_passed))
         for attempt in range(self.max_retries + 1):
             current = self.state(group)
             if expected_version is not None and current.version != expected_version:
                 raise VersionConflict(group, expected_version, current.version)
-            pct = self._check_forward(current, target, ramp_pct, soak_passed, ev)
+            pct = self._check_forward(current, target, ramp_pct, soak_passed, ev, soak_why)
             with self._lock:
                 conn = self.connection()
                 with conn.transaction():
@@ -367,7 +378,7 @@ class Registry:
         reason: str,
         expected_version: int | None = None,
         dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None = None,
-        soak_passed: bool | None = None,
+        soak_passed: bool | Any | None = None,
         evidence: Mapping[str, Any] | None = None,
     ) -> RoutingState:
         """Route ``pct`` % of entities to the new store (100 is the cutover)."""
@@ -489,6 +500,7 @@ class Registry:
         ramp_pct: float | None,
         soak_passed: bool | None,
         evidence: dict[str, Any],
+        soak_why: str = "",
     ) -> float:
         """Check a forward move; return the ramp percentage it leads to."""
         group = current.group
@@ -526,7 +538,8 @@ class Registry:
                 current,
                 f"{target.value} at {pct:g}%",
                 "no traffic moves before the shadow soak has passed (soak_passed was "
-                f"{soak_passed!r}); check `compare.results.soak_status` and pass soak_passed=True with it",
+                f"{soak_passed!r}{': ' + soak_why if soak_why else ''}); pass the group's "
+                "`compare.results` SoakStatus (or soak_passed=True) once it is satisfied",
             )
         if pct > current.ramp_pct and self.plan is not None and group in self.plan.groups:
             steps = self.plan.settings_for(group).ramp_steps
