@@ -1,0 +1,347 @@
+"""Open-loop load test of a read path, for the "2x peak QPS before any traffic moves" gate.
+
+Open loop: request ``i`` is due at ``t0 + i / target_qps`` whatever happened to earlier ones,
+and its latency is measured from that due time, not from when a worker got round to it. A
+closed loop (send, wait, send) slows down with the system under test and hides exactly the
+queueing a real traffic peak causes ("coordinated omission").
+
+Verdicts, in this order:
+
+* ``fail`` when the service time alone (send to answer) has a p99 over the SLA, or the error
+  rate is over the limit: the store is too slow or too broken whatever the generator did;
+* ``inconclusive`` when the generator could not issue the planned requests at the target rate
+  (too few workers for the latency, or not enough CPU): nothing was shown, so nothing passes;
+* ``fail`` when the p99 from due time is over the SLA;
+* ``pass`` otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from airflow_fsmigration.serving.stats import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
+
+if TYPE_CHECKING:
+    from airflow_fsmigration.plan.model import MigrationPlan
+
+log = logging.getLogger("airflow_fsmigration.serving")
+
+ReadFn = Callable[[str, Sequence[str]], Any]
+
+
+class LoadTestOutcome(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass
+class LoadTestResult:
+    """What a load test measured; latencies in milliseconds, ``None`` when nothing completed."""
+
+    group: str
+    outcome: LoadTestOutcome
+    message: str
+    target_qps: float
+    achieved_qps: float
+    duration_s: float
+    elapsed_s: float
+    planned: int
+    completed: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    service_p99_ms: float | None
+    start_lag_p99_ms: float | None
+    sla_p99_ms: float
+    max_error_rate_pct: float
+    concurrency: int
+    batch_size: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.completed if self.completed else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is LoadTestOutcome.PASS
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = str(self.outcome)
+        d["error_rate"] = self.error_rate
+        return d
+
+    def summary(self) -> str:
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        return (
+            f"{self.group}: {self.outcome.upper()} - {self.message} | target {self.target_qps:.0f} QPS, "
+            f"achieved {self.achieved_qps:.0f} QPS, {self.completed}/{self.planned} requests, "
+            f"p50 {ms(self.p50_ms)} ms, p95 {ms(self.p95_ms)} ms, p99 {ms(self.p99_ms)} ms, max {ms(self.max_ms)} ms, "
+            f"errors {self.error_rate:.3%}"
+        )
+
+
+def _read_fn(target: Any, group: str, backend: str | None) -> Callable[[Sequence[str]], Any]:
+    """Turn a router or a plain function into ``fn(entity_ids)``."""
+    if backend is not None and hasattr(target, "read_backend"):
+        return lambda ids: target.read_backend(group, ids, backend)
+    if hasattr(target, "get_features"):
+        return lambda ids: target.get_features(group, ids)
+    if callable(target):
+        return lambda ids: target(group, ids)
+    raise TypeError(
+        f"load test target must be a FeatureRouter or a function (group, entity_ids), got {type(target)}"
+    )
+
+
+def _pct(h: Any, pct: float) -> float | None:
+    return h.get_value_at_percentile(pct) / 1000.0 if h.get_total_count() else None
+
+
+def _histogram(values: list[int]) -> Any:
+    h = new_histogram()
+    for value, count in collections.Counter(values).items():
+        h.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US), count)
+    return h
+
+
+def run_load_test(
+    router_or_read_fn: Any,
+    group: str,
+    entity_ids: Sequence[str],
+    *,
+    target_qps: float,
+    duration_s: float,
+    sla_p99_ms: float,
+    concurrency: int = 16,
+    batch_size: int = 1,
+    backend: str | None = "new",
+    max_error_rate_pct: float = 0.1,
+    rate_tolerance: float = 0.05,
+    grace_s: float | None = None,
+    seed: int = 0,
+) -> LoadTestResult:
+    """Drive ``target_qps`` requests per second for ``duration_s`` through a read path.
+
+    :param router_or_read_fn: a :class:`~.router.FeatureRouter` (read through
+        ``read_backend(group, ids, backend)``, so the new store is tested before any traffic is
+        routed to it) or a function ``fn(group, entity_ids)``.
+    :param group: the feature group.
+    :param entity_ids: entities to request (cycled in a shuffled order).
+    :param target_qps: requests per second to schedule.
+    :param duration_s: length of the schedule in seconds.
+    :param sla_p99_ms: the group's p99 SLA; a p99 above it fails.
+    :param concurrency: worker threads issuing requests.
+    :param batch_size: entities per request.
+    :param backend: with a router, which store to read (``"new"``); ``None`` goes through
+        ``get_features`` and the live ramp instead.
+    :param max_error_rate_pct: error rate (in %) above which the test fails.
+    :param rate_tolerance: share of the target rate the generator may miss and still count as
+        having reached it.
+    :param grace_s: how long past ``duration_s`` late requests may still be sent (default
+        ``max(1, 20% of duration)``); what is not sent by then makes the run inconclusive.
+    """
+    if target_qps <= 0 or duration_s <= 0:
+        raise ValueError(f"group '{group}': target_qps and duration_s must be positive")
+    if not entity_ids:
+        raise ValueError(f"group '{group}': the load test needs at least one entity id")
+    fn = _read_fn(router_or_read_fn, group, backend)
+    ids = list(entity_ids)
+    random.Random(seed).shuffle(ids)
+    n_ids = len(ids)
+    planned = max(1, round(target_qps * duration_s))
+    interval = 1.0 / target_qps
+    grace = max(1.0, 0.2 * duration_s) if grace_s is None else grace_s
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[int] = []
+    services: list[int] = []
+    lags: list[int] = []
+    errors = [0]
+    first_error: list[str] = []
+    last_end = [0.0]
+    perf = time.perf_counter
+    sleep = time.sleep
+    t0 = perf() + 0.05  # let every worker start before the first due time
+    hard_stop = t0 + duration_s + grace
+
+    def worker() -> None:
+        lat_l: list[int] = []
+        svc_l: list[int] = []
+        lag_l: list[int] = []
+        errs = 0
+        err_text = None
+        end = 0.0
+        while True:
+            i = next(counter)
+            if i >= planned:
+                break
+            due = t0 + i * interval
+            now = perf()
+            if now > hard_stop:
+                break
+            if due > now:
+                sleep(due - now)
+            start = perf()
+            if batch_size == 1:
+                batch: Sequence[str] = (ids[i % n_ids],)
+            else:
+                batch = [ids[(i * batch_size + k) % n_ids] for k in range(batch_size)]
+            try:
+                fn(batch)
+            except Exception as exc:
+                errs += 1
+                if err_text is None:
+                    err_text = f"{type(exc).__name__}: {exc}"
+            end = perf()
+            lat_l.append(int((end - due) * 1e6))
+            svc_l.append(int((end - start) * 1e6))
+            lag_l.append(int(max(start - due, 0.0) * 1e6))
+        with lock:
+            latencies.extend(lat_l)
+            services.extend(svc_l)
+            lags.extend(lag_l)
+            errors[0] += errs
+            if err_text and not first_error:
+                first_error.append(err_text)
+            last_end[0] = max(last_end[0], end)
+
+    log.info(
+        "load test of group %s: %.0f QPS for %.1f s (%d requests, %d workers, %d entities per request)",
+        group,
+        target_qps,
+        duration_s,
+        planned,
+        concurrency,
+        batch_size,
+    )
+    threads = [
+        threading.Thread(target=worker, name=f"fsmig-load-{k}", daemon=True) for k in range(concurrency)
+    ]
+    for t in threads:
+        t.start()
+    next_log = time.monotonic() + 5
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=0.5)
+            if time.monotonic() >= next_log:
+                issued = min(next(counter), planned)
+                elapsed = max(perf() - t0, 1e-9)
+                log.info(
+                    "load test %s: %d/%d requests issued, %.0f QPS, ETA %.0f s",
+                    group,
+                    issued,
+                    planned,
+                    issued / elapsed,
+                    max(t0 + duration_s - perf(), 0),
+                )
+                next_log = time.monotonic() + 5
+
+    completed = len(latencies)
+    elapsed = max(last_end[0] - t0, duration_s) if completed else duration_s
+    achieved = completed / elapsed
+    lat_h, svc_h, lag_h = _histogram(latencies), _histogram(services), _histogram(lags)
+    p99, svc_p99 = _pct(lat_h, 99), _pct(svc_h, 99)
+    error_rate_pct = errors[0] / completed * 100 if completed else 0.0
+    reached = completed == planned and achieved >= (1 - rate_tolerance) * target_qps
+
+    if completed and svc_p99 is not None and svc_p99 > sla_p99_ms:
+        outcome, message = (
+            LoadTestOutcome.FAIL,
+            f"p99 service time {svc_p99:.2f} ms is over the {sla_p99_ms:g} ms SLA even before queueing",
+        )
+    elif completed and error_rate_pct > max_error_rate_pct:
+        outcome, message = (
+            LoadTestOutcome.FAIL,
+            f"error rate {error_rate_pct:.3f}% is over {max_error_rate_pct:g}% (first error: {first_error[0]})",
+        )
+    elif not reached:
+        outcome, message = (
+            LoadTestOutcome.INCONCLUSIVE,
+            f"the generator reached only {achieved:.0f} of {target_qps:.0f} QPS "
+            f"({completed} of {planned} requests with {concurrency} workers); the store was not tested "
+            "at the target rate - add workers or run the generator on more cores/hosts",
+        )
+    elif p99 is not None and p99 > sla_p99_ms:
+        outcome, message = (
+            LoadTestOutcome.FAIL,
+            f"p99 {p99:.2f} ms (from scheduled send time) is over the {sla_p99_ms:g} ms SLA",
+        )
+    else:
+        outcome, message = (
+            LoadTestOutcome.PASS,
+            f"p99 {p99:.2f} ms within the {sla_p99_ms:g} ms SLA at target rate",
+        )
+    result = LoadTestResult(
+        group=group,
+        outcome=outcome,
+        message=message,
+        target_qps=target_qps,
+        achieved_qps=achieved,
+        duration_s=duration_s,
+        elapsed_s=elapsed,
+        planned=planned,
+        completed=completed,
+        errors=errors[0],
+        p50_ms=_pct(lat_h, 50),
+        p95_ms=_pct(lat_h, 95),
+        p99_ms=p99,
+        max_ms=lat_h.get_max_value() / 1000.0 if completed else None,
+        service_p99_ms=svc_p99,
+        start_lag_p99_ms=_pct(lag_h, 99),
+        sla_p99_ms=sla_p99_ms,
+        max_error_rate_pct=max_error_rate_pct,
+        concurrency=concurrency,
+        batch_size=batch_size,
+    )
+    (log.info if result.passed else log.warning)("%s", result.summary())
+    return result
+
+
+def load_test_for_group(
+    router_or_read_fn: Any,
+    plan: MigrationPlan,
+    group: str,
+    entity_ids: Sequence[str],
+    *,
+    duration_s: float | None = None,
+    **kwargs: Any,
+) -> LoadTestResult:
+    """Run the plan's load test for ``group``: ``load_test_multiplier`` x peak QPS for
+    ``load_test_duration``, against the group's p99 SLA and error-rate trigger.
+
+    ``duration_s`` overrides the plan's duration (tests and demos use seconds).
+    """
+    if group not in plan.groups:
+        raise KeyError(
+            f"plan '{plan.name}' has no group '{group}' (groups: {', '.join(sorted(plan.groups))})"
+        )
+    g = plan.groups[group]
+    settings = plan.settings_for(g)
+    target = settings.load_test_multiplier * g.qps.peak
+    if target <= 0:
+        raise ValueError(f"group '{group}': qps.peak is 0 in the plan, so there is no rate to load-test")
+    kwargs.setdefault("max_error_rate_pct", settings.rollback_triggers.error_rate_pct)
+    return run_load_test(
+        router_or_read_fn,
+        group,
+        entity_ids,
+        target_qps=target,
+        duration_s=duration_s if duration_s is not None else settings.load_test_duration.total_seconds(),
+        sla_p99_ms=g.sla.p99_ms,
+        **kwargs,
+    )
