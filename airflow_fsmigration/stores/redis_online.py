@@ -81,6 +81,10 @@ class RedisLayout(Protocol):
         """The frame of present entities from raw binary columns aligned with :meth:`fields`."""
         ...
 
+    def encode(self, group: FeatureGroup, table: pa.Table) -> list[pa.Array]:
+        """The inverse of :meth:`decode`: one text column per field (null = absent field)."""
+        ...
+
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
@@ -159,6 +163,13 @@ class HashPerEntityLayout:
             arrays.append(pa.nulls(len(ids), arrow_type("timestamp")))
         names.append(SOURCE_TS)
         return pa.Table.from_arrays(arrays, names=names)
+
+    def encode(self, group: FeatureGroup, table: pa.Table) -> list[pa.Array]:
+        encoding = str(group.legacy_online.encoding)
+        columns = [encode_value_column(table.column(f.name), str(f.dtype), encoding) for f in group.features]
+        if group.legacy_online.timestamp_field:
+            columns.append(encode_epoch(table.column(SOURCE_TS)))
+        return columns
 
 
 _TRUE = ["true", "1", "True", "TRUE"]
@@ -240,16 +251,113 @@ def _decode_json(raw: pa.Array, dtype: str) -> pa.Array:
 
 
 def _decode_epoch(text: pa.Array) -> pa.Array:
-    """``_source_ts`` from epoch seconds in decimal text, or from ISO-8601 with an offset."""
+    """``_source_ts`` from epoch seconds in decimal text, or from ISO-8601 with an offset (mixed is fine)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    try:
-        seconds = pc.cast(text, pa.float64())
-    except pa.ArrowInvalid:
-        return text.cast(arrow_type("timestamp"))
-    micros = pc.cast(pc.round(pc.multiply(seconds, 1_000_000.0)), pa.int64())
-    return micros.cast(arrow_type("timestamp"))
+    ts_type = arrow_type("timestamp")
+    numeric = pc.fill_null(
+        pc.match_substring_regex(text, r"^\s*-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?\s*$"), True
+    )
+    seconds = pc.cast(pc.if_else(numeric, text, pa.scalar(None, pa.string())), pa.float64())
+    epoch = pc.cast(pc.round(pc.multiply(seconds, 1_000_000.0)), pa.int64()).cast(ts_type)
+    if pc.all(numeric).as_py():
+        return epoch
+    iso = pc.if_else(numeric, pa.scalar(None, pa.string()), text).cast(ts_type)
+    return pc.if_else(numeric, epoch, iso)
+
+
+def _resp_bulk(values: pa.Array) -> pa.Array:
+    """``$<len>\r\n<value>\r\n`` per value (null stays null), built with Arrow kernels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = values.cast(pa.binary())
+    lengths = pc.binary_length(values).cast(pa.string()).cast(pa.binary())
+    return pc.binary_join_element_wise(b"$", lengths, b"\r\n", values, b"\r\n", b"")
+
+
+def _json_string(text: pa.Array) -> pa.Array:
+    """JSON string literals; only values that need escapes go through :func:`json.dumps`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    needs = pc.fill_null(pc.match_substring_regex(text, r'["\\\x00-\x1f]'), False)
+    quoted = pc.binary_join_element_wise('"', text, '"', "")
+    if not pc.any(needs).as_py():
+        return quoted
+    values = quoted.to_pylist()
+    for i in pc.indices_nonzero(needs).to_pylist():
+        values[i] = json.dumps(text[i].as_py())
+    return pa.array(values, type=pa.string())
+
+
+def encode_value_column(column: pa.Array, dtype: str, encoding: str) -> pa.Array:
+    """A typed column as the text the legacy store keeps (see the module docstring); nulls stay null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if dtype == "bool":
+        text = pc.if_else(column, "true", "false")
+    elif dtype == "timestamp":
+        utc = column.cast(arrow_type("timestamp"))
+        text = pc.binary_join_element_wise(pc.strftime(utc, "%Y-%m-%dT%H:%M:%S"), "+00:00", "")
+    else:
+        text = column.cast(pa.string())
+    if encoding == "json" and dtype in ("string", "timestamp"):
+        text = _json_string(text)
+    return text
+
+
+def encode_epoch(column: pa.Array) -> pa.Array:
+    """``_source_ts`` as exact epoch seconds in decimal (``1732500000.250000``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    micros = column.cast(arrow_type("timestamp")).cast(pa.int64())
+    seconds = pc.floor(pc.divide(micros.cast(pa.float64()), 1_000_000.0)).cast(pa.int64())
+    frac = pc.subtract(micros, pc.multiply(seconds, 1_000_000))
+    return pc.binary_join_element_wise(
+        seconds.cast(pa.string()), ".", pc.utf8_lpad(frac.cast(pa.string()), 6, "0"), ""
+    )
+
+
+def _hset_payload(keys: pa.Array, fields: list[bytes], values: list[pa.Array]) -> tuple[bytes, int]:
+    """``DEL key`` then ``HSET key <non-null fields>`` per row; returns (payload, replies expected)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(keys)
+    count = np.zeros(n, dtype=np.int64)
+    segments = []
+    for name, column in zip(fields, values, strict=True):
+        count += column.is_valid().to_numpy(zero_copy_only=False)
+        head = b"$%d\r\n%s\r\n" % (len(name), name)
+        segments.append(pc.binary_join_element_wise(head, _resp_bulk(column), b""))
+    key_bulk = _resp_bulk(keys)
+    deletes = pc.binary_join_element_wise(b"*2\r\n$3\r\nDEL\r\n", key_bulk, b"")
+    argc = pa.array(2 + 2 * count).cast(pa.string()).cast(pa.binary())
+    body = pc.binary_join_element_wise(*segments, b"", null_handling="replace", null_replacement=b"")
+    hsets = pc.binary_join_element_wise(b"*", argc, b"\r\n$4\r\nHSET\r\n", key_bulk, body, b"")
+    hsets = hsets.filter(pa.array(count > 0))
+    payload = b"".join(_data_view(a) for a in (deletes, hsets) if len(a))
+    return payload, n + len(hsets)
+
+
+def _data_view(array: pa.Array) -> memoryview:
+    """The bytes of all values of a binary/string array, back to back (no copy)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    return memoryview(array.buffers()[2])[offsets[0] : offsets[-1]]
 
 
 class _Raw:
@@ -371,20 +479,31 @@ class _Raw:
             raise exc
 
 
+class _LazyRaw:
+    """A raw connection opened on first use."""
+
+    def __init__(self, params: dict[str, Any], conn_id: str) -> None:
+        self.params, self.conn_id = params, conn_id
+        self.raw: _Raw | None = None
+
+    def get(self) -> _Raw:
+        if self.raw is None:
+            self.raw = _Raw(self.params, self.conn_id)
+        return self.raw
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
+
+
 def _hmget_payload(keys: pa.Array, fields: list[bytes]) -> memoryview:
     """RESP ``HMGET key f1 .. fn`` for every key, built with Arrow kernels in one buffer."""
-    import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    head = f"*{len(fields) + 2}\r\n$5\r\nHMGET\r\n$".encode()
-    tail = b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-    lengths = pc.binary_length(keys).cast(pa.string()).cast(pa.binary())
-    cmds = pc.binary_join_element_wise(head, lengths, b"\r\n", keys, tail, b"")
-    if isinstance(cmds, pa.ChunkedArray):
-        cmds = cmds.combine_chunks()
-    offsets = np.frombuffer(cmds.buffers()[1], dtype=np.int32, count=len(cmds) + 1, offset=cmds.offset * 4)
-    return memoryview(cmds.buffers()[2])[offsets[0] : offsets[-1]]
+    head = f"*{len(fields) + 2}\r\n$5\r\nHMGET\r\n".encode()
+    tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+    return _data_view(pc.binary_join_element_wise(head, _resp_bulk(keys), tail, b""))
 
 
 class RedisOnlineSource:
@@ -467,16 +586,19 @@ class RedisOnlineSource:
                 yield _hmget_payload(self.layout.keys(g, chunk), fields), len(chunk)
 
         raw = _Raw(self.params, self.conn_id)
+        # Existence checks go over a second connection: the first one is busy with the pipeline.
+        aux = _LazyRaw(self.params, self.conn_id)
         progress = Progress(f"group '{g.name}': reading Redis ({self.conn_id})", total=len(ids))
         try:
             for chunk, replies in zip(slices, raw.pipeline(payloads()), strict=False):
-                yield self._batch_table(g, chunk, replies, len(fields), raw)
+                yield self._batch_table(g, chunk, replies, len(fields), aux)
                 progress.add(len(chunk))
         finally:
             raw.close()
+            aux.close()
 
     def _batch_table(
-        self, g: FeatureGroup, ids: pa.Array, replies: list[Any], width: int, raw: _Raw
+        self, g: FeatureGroup, ids: pa.Array, replies: list[Any], width: int, aux: _LazyRaw
     ) -> pa.Table:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -489,13 +611,15 @@ class RedisOnlineSource:
                 )
         nested = pa.array(replies, type=pa.list_(pa.binary()))
         columns = [pc.list_element(nested, j) for j in range(width)]
-        present = self._present(g, ids, columns, raw)
+        present = self._present(g, ids, columns, aux)
         if present is not None:
             ids = ids.filter(present)
             columns = [c.filter(present) for c in columns]
         return self.layout.decode(g, ids, columns)
 
-    def _present(self, g: FeatureGroup, ids: pa.Array, columns: list[pa.Array], raw: _Raw) -> pa.Array | None:
+    def _present(
+        self, g: FeatureGroup, ids: pa.Array, columns: list[pa.Array], aux: _LazyRaw
+    ) -> pa.Array | None:
         """Which rows exist: a row whose fields are all absent may be a missing key, so ask EXISTS."""
         import numpy as np
         import pyarrow as pa
@@ -509,15 +633,44 @@ class RedisOnlineSource:
         unsure = np.flatnonzero(all_null)
         keys = self.layout.keys(g, ids.take(pa.array(unsure)))
         exists = np.zeros(len(unsure), dtype=bool)
-        head = b"*2\r\n$6\r\nEXISTS\r\n$"
-        lengths = pc.binary_length(keys).cast(pa.string()).cast(pa.binary())
-        cmds = pc.binary_join_element_wise(head, lengths, b"\r\n", keys, b"\r\n", b"")
-        payload = b"".join(v.as_py() for v in cmds)  # few rows: only the all-null ones
-        for replies in raw.pipeline(iter([(payload, len(unsure))])):
+        payload = _data_view(pc.binary_join_element_wise(b"*2\r\n$6\r\nEXISTS\r\n", _resp_bulk(keys), b""))
+        for replies in aux.get().pipeline(iter([(payload, len(unsure))])):
             exists[:] = np.asarray(replies, dtype=np.int64) > 0
         keep = ~all_null
         keep[unsure] = exists
         return pa.array(keep)
+
+    # -- writing (demo data, benchmarks, keep-warm tests) -------------------------------------
+
+    def write(self, group: FeatureGroup | str, table: pa.Table) -> int:
+        """Write a frame in this layout (replacing each entity's hash); returns entities written.
+
+        A row whose fields are all null is deleted, not written: Redis has no empty hashes.
+        """
+        g = self._group(group)
+        table = conform(table, g)
+        if table.num_rows == 0:
+            return 0
+        fields = self.layout.fields(g)
+        step = self.batch_size
+        chunks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+
+        def payloads() -> Iterator[tuple[bytes, int]]:
+            for chunk in chunks:
+                keys = self.layout.keys(g, chunk.column(ENTITY).combine_chunks())
+                yield _hset_payload(keys, fields, self.layout.encode(g, chunk))
+
+        raw = _Raw(self.params, self.conn_id)
+        progress = Progress(f"group '{g.name}': writing Redis ({self.conn_id})", total=table.num_rows)
+        try:
+            for chunk, replies in zip(chunks, raw.pipeline(payloads()), strict=False):
+                errors = [r for r in replies if isinstance(r, Exception)]
+                if errors:
+                    raise ValueError(f"group '{g.name}': Redis ({self.conn_id}) refused a write: {errors[0]}")
+                progress.add(chunk.num_rows)
+        finally:
+            raw.close()
+        return table.num_rows
 
     # -- listing ---------------------------------------------------------------------------
 
