@@ -295,7 +295,7 @@ def soak_from_runs(
     green_for = streak[-1] - streak[0]
     if now - streak[-1] > gap:
         return status(
-            timedelta(0),
+            green_for,
             False,
             f"the last passing run ({streak[-1].isoformat()}) is older than the allowed gap of {gap}: "
             "run the shadow comparison again",
