@@ -137,6 +137,8 @@ def test_illegal_moves_say_why_and_what_next(registry):
         registry.ramp(GROUP, 5, actor="t", reason="again", soak_passed=True)
     with pytest.raises(UnknownGroup, match="not in the routing registry"):
         registry.rollback("nope", reason="x", actor="t")
+    with pytest.raises(ValueError, match="unknown phase 'live'; phases are planned, shadow, ramping"):
+        registry.transition(GROUP, "live", actor="t", reason="x")
     with pytest.raises(ValueError, match="needs a reason"):
         registry.rollback(GROUP, reason=" ", actor="t")
 

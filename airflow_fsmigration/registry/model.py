@@ -126,7 +126,11 @@ class DagRunRef:
 
 @dataclass(frozen=True)
 class RoutingState:
-    """One group's routing row. ``changed`` is False when a call was an idempotent no-op."""
+    """One group's routing row.
+
+    ``changed`` is True only on the state returned by a call that wrote a new version; reads and
+    idempotent no-ops (rolling back a group already on the old store, freezing a frozen one) are False.
+    """
 
     group: str
     phase: Phase

@@ -315,7 +315,12 @@ class Registry:
         :param evidence: JSON-able facts stored with the audit row (gate results, soak status).
         :raises IllegalTransition: the move is not allowed now; the message says why and what to do.
         """
-        target = Phase(to_phase)
+        try:
+            target = Phase(to_phase)
+        except ValueError:
+            raise ValueError(
+                f"group '{group}': unknown phase {to_phase!r}; phases are {', '.join(p.value for p in Phase)}"
+            ) from None
         if target is Phase.ROLLED_BACK:
             return self.rollback(group, reason=reason, actor=actor, dag_run=dag_run, evidence=evidence)
         if target is Phase.FROZEN:
