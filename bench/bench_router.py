@@ -157,6 +157,49 @@ def bench_breaker(n: int, reps: int) -> dict[str, float]:
     }
 
 
+def bench_router_cpu(redis_client, calls: int, reps: int) -> dict[str, float]:
+    """The router's own cost per single-entity call, with instant in-memory backends (no I/O)."""
+    from airflow_fsmigration.serving.router import FeatureRouter
+    from airflow_fsmigration.serving.routing import publish_state
+
+    row = {"f": 1}
+
+    class Instant:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def read(self, group, ids):
+            return {ids[0]: row}
+
+        def close(self) -> None:
+            pass
+
+    old = Instant("old")
+    ids = [f"user_{i:08d}" for i in range(calls)]
+    out = {}
+
+    def run(fn) -> float:
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter_ns()
+            for e in ids:
+                fn((e,))
+            times.append((time.perf_counter_ns() - t) / calls)
+        return statistics.median(times)
+
+    out["instant backend called directly"] = run(lambda batch: old.read("cpu_group", batch))
+    for pct_, version in ((0, 1), (50, 2), (100, 3)):
+        publish_state(redis_client, "cpu_group", phase="ramping", ramp_pct=pct_, version=version)
+        router = FeatureRouter(redis_client, Instant("old"), Instant("new"), listen=False, stats_flush_s=0)
+        try:
+            router.refresh()
+            router.ramp_pct("cpu_group")
+            out[f"router at {pct_}%"] = run(lambda batch, r=router: r.get_features("cpu_group", batch))
+        finally:
+            router.close()
+    return out
+
+
 # -- 3. added latency per lookup ---------------------------------------------------------------
 
 
@@ -239,7 +282,10 @@ def child_main(redis_url: str, pg_url: str, group: str, cpu: int | None) -> None
         client, LegacyRedisBackend.from_plan(client, plan), new, plan=plan, stats_flush_s=0
     )
     router.wait_ready(10)
-    ids = [f"u{i:06d}" for i in range(5)]
+    from airflow_fsmigration.serving.bucketing import bucket_of, threshold_for
+
+    # Entities on the new side from the first ramp step on, so any ramp > 0 reads the new store.
+    ids = [e for e in (f"u{i:06d}" for i in range(100_000)) if bucket_of(e) < threshold_for(1)][:5]
     current = None
     while True:
         before = new.calls
@@ -250,44 +296,89 @@ def child_main(redis_url: str, pg_url: str, group: str, cpu: int | None) -> None
             current = side
 
 
-def bench_rollback(
-    redis_url: str, pg_url: str, redis_client, rounds: int, cpu: int | None
-) -> dict[str, float]:
-    import random
-
-    from airflow_fsmigration.serving.routing import publish_state
-
-    version = 1000
-    publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=version)
+def _child(redis_url: str, pg_url: str, cpu: int | None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "bench.bench_router", "--child", redis_url, pg_url, "--group", GROUP]
     if cpu is not None:
         cmd += ["--child-cpu", str(cpu)]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    deltas = []
-    try:
-        line = child.stdout.readline().split()
-        assert line and line[0] == "new", f"child did not start on the new store: {line}"
-        for _ in range(rounds):
-            time.sleep(random.uniform(0.05, 0.15))
-            version += 1
-            t0 = time.time()
-            publish_state(redis_client, GROUP, phase="rolled_back", ramp_pct=0, version=version)
-            side, ts = child.stdout.readline().split()
-            assert side == "old", side
-            deltas.append((float(ts) - t0) * 1000)
-            version += 1
-            publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=version)
-            side, _ = child.stdout.readline().split()
-            assert side == "new", side
-    finally:
-        child.kill()
-        child.wait(10)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _expect(child: subprocess.Popen[str], side: str) -> float:
+    line = child.stdout.readline().split()  # type: ignore[union-attr]
+    if not line or line[0] != side:
+        raise RuntimeError(f"router child reported {line!r}, expected {side!r}")
+    return float(line[1])
+
+
+def _summary(deltas: list[float]) -> dict[str, float]:
     return {
         "median_ms": statistics.median(deltas),
         "p95_ms": pct(deltas, 95),
         "max_ms": max(deltas),
         "rounds": len(deltas),
     }
+
+
+def bench_rollback(
+    redis_url: str, pg_url: str, redis_client, rounds: int, cpu: int | None
+) -> dict[str, float]:
+    """Rollback as a bare mirror write: SET + PUBLISH in the registry's format."""
+    import random
+
+    from airflow_fsmigration.serving.routing import publish_state
+
+    version = 1000
+    publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=version)
+    child = _child(redis_url, pg_url, cpu)
+    deltas = []
+    try:
+        _expect(child, "new")
+        for _ in range(rounds):
+            time.sleep(random.uniform(0.05, 0.15))
+            version += 1
+            t0 = time.time()
+            publish_state(redis_client, GROUP, phase="rolled_back", ramp_pct=0, version=version)
+            deltas.append((_expect(child, "old") - t0) * 1000)
+            version += 1
+            publish_state(redis_client, GROUP, phase="ramping", ramp_pct=100, version=version)
+            _expect(child, "new")
+    finally:
+        child.kill()
+        child.wait(10)
+    return _summary(deltas)
+
+
+def bench_registry_rollback(
+    redis_url: str, pg, pg_url: str, redis_client, plan, rounds: int, cpu: int | None
+) -> dict[str, float]:
+    """Rollback through ``Registry.rollback()``: Postgres transaction + audit row + mirror publish."""
+    import random
+
+    from airflow_fsmigration.registry.mirror import RoutingMirror
+    from airflow_fsmigration.registry.routing import Registry
+
+    reg_url = pg.create_database("fsmig_bench_registry", drop=True)
+    reg = Registry(reg_url, RoutingMirror(redis_client), plan=plan)
+    reg.ensure_schema()
+    reg.register_plan(plan)
+    redis_client.delete(f"fsmig:routing:{GROUP}")
+    child = _child(redis_url, pg_url, cpu)
+    deltas = []
+    try:
+        _expect(child, "old")
+        for _ in range(rounds):
+            reg.transition(GROUP, "shadow", actor="bench", reason="bench round")
+            reg.ramp(GROUP, 5, actor="bench", reason="bench round", soak_passed=True)
+            _expect(child, "new")
+            time.sleep(random.uniform(0.05, 0.15))
+            t0 = time.time()
+            reg.rollback(GROUP, actor="bench", reason="bench rollback")
+            deltas.append((_expect(child, "old") - t0) * 1000)
+    finally:
+        child.kill()
+        child.wait(10)
+        reg.close()
+    return _summary(deltas)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -351,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         print("2. breaker check ...", flush=True)
         breaker = bench_breaker(args.breaker_calls, args.reps)
 
-        print("3. lookup latency ...", flush=True)
+        print("3a. router CPU cost ...", flush=True)
+        cpu_cost = bench_router_cpu(client, args.breaker_calls // 4, args.reps)
+        print("3b. lookup latency ...", flush=True)
         publish_state(client, GROUP, phase="shadow", ramp_pct=0, version=1)
         backend = LegacyRedisBackend.from_plan(client, plan)
         router = FeatureRouter(
@@ -365,6 +458,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print("4. rollback propagation ...", flush=True)
         rollback = bench_rollback(rd.url, pg_url, client, args.rollbacks, server_cpu)
+        print("5. rollback through the registry ...", flush=True)
+        try:
+            reg_rollback: dict[str, float] | None = bench_registry_rollback(
+                rd.url, pg, pg_url, client, plan, args.rollbacks, server_cpu
+            )
+        except ImportError as exc:  # the registry is another area; report without it if absent
+            print(f"registry rollback skipped: {exc}", flush=True)
+            reg_rollback = None
     finally:
         rd.stop()
         pg.stop()
@@ -390,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
         f"| breaker check per request, router fast path | {breaker['router breaker overhead']:.0f} ns | <= 1000 ns | "
         f"{breaker['router breaker overhead'] / breaker['pybreaker overhead']:.2f}x pybreaker call() |",
         f"| pybreaker `call()` per request (comparison) | {breaker['pybreaker overhead']:.0f} ns | | |",
+        "| router's own CPU per 1-entity call, instant backends, at 0% / 50% / 100% | "
+        + " / ".join(
+            f"{cpu_cost[f'router at {p}%'] - cpu_cost['instant backend called directly']:.0f}"
+            for p in (0, 50, 100)
+        )
+        + f" ns | | {(cpu_cost['router at 50%'] - cpu_cost['instant backend called directly']) / 1000 / raw['p50']:.1%}"
+        " of a raw HGETALL p50 (at 50%) |",
         f"| raw HGETALL p50 / p99 (baseline) | {raw['p50']:.1f} / {raw['p99']:.1f} us | | 1.00 |",
         f"| LegacyRedisBackend.read p50 / p99 (HGETALL + typed decode) | {bk['p50']:.1f} / {bk['p99']:.1f} us | | "
         f"{bk['p99'] / raw['p99']:.2f}x p99 |",
@@ -404,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{rollback['p95_ms']:.2f} / {rollback['max_ms']:.2f} ms | < 1000 ms | "
         f"{rollback['median_ms'] / 1000:.2%} of the goal |",
     ]
+    if reg_rollback is not None:
+        rows.append(
+            f"| `Registry.rollback()` -> other process 100% old, median / p95 / max | "
+            f"{reg_rollback['median_ms']:.2f} / {reg_rollback['p95_ms']:.2f} / {reg_rollback['max_ms']:.2f} ms | "
+            f"< 1000 ms | {reg_rollback['median_ms'] / 1000:.2%} of the goal |"
+        )
     header = [
         "## bench_router: FeatureRouter overheads vs a raw Redis HGETALL",
         "",
@@ -413,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python -m bench.bench_router {' '.join(argv or sys.argv[1:])}`. "
         f"Pinning: {pinned_note}. Medians of {args.reps} runs for per-entity/per-call costs; "
         f"{lookup['raw HGETALL']['n']} single-entity lookups per variant, interleaved in blocks of {args.block}; "
-        f"{rollback['rounds']} rollback rounds (SET + PUBLISH in the registry mirror format; the child router "
-        "process reads 5 entities from the new store in a loop and reports the first all-old read).",
+        f"{rollback['rounds']} rollback rounds each as a bare mirror write (SET + PUBLISH in the registry format) "
+        "and through `Registry.rollback()` (transaction, audit row, mirror publish; from a 5% ramp); the child "
+        "router process reads 5 new-side entities in a loop and reports the first all-old read.",
         "Shared 2-core VM with other work running: absolute figures are noisy, ratios are from the same run.",
         "",
     ]

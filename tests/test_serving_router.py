@@ -351,3 +351,44 @@ def test_shadow_rate_limit(demo_plan, redis_client, pg_url):
             router.get_features(GROUP, ids[:1])
         time.sleep(0.3)
         assert 3 <= router.shadow_compared <= 5
+
+
+@pytest.mark.integration
+def test_routing_redis_down_means_old_store(demo_plan, redis_client, pg_url):
+    from airflow_fsmigration.devservices import start_redis
+
+    ids = seed_stores(demo_plan, redis_client, pg_url, 50)
+    routing_server = start_redis()  # routing mirror on its own Redis, which we then kill
+    routing = redis.Redis.from_url(routing_server.url, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+    try:
+        publish_state(routing, GROUP, phase="ramping", ramp_pct=100, version=1)
+        router = FeatureRouter(
+            routing,
+            LegacyRedisBackend.from_plan(redis_client, demo_plan),
+            PostgresBackend(pg_url, demo_plan),
+            stats_client=redis_client,
+            stats_flush_s=0,
+        )
+        with router:
+            assert router.wait_ready(5)
+            assert served_from_new(router.get_features(GROUP, ids)) == set(ids)
+            routing_server.stop()
+            deadline = time.monotonic() + 3
+            while router.ramp_pct(GROUP) != 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert router.ramp_pct(GROUP) == 0
+            assert served_from_new(router.get_features(GROUP, ids)) == set()
+    finally:
+        routing_server.stop()
+
+
+@pytest.mark.unit
+def test_serving_imports_no_airflow():
+    code = (
+        "import sys\n"
+        "import airflow_fsmigration.serving.router, airflow_fsmigration.serving.backends, "
+        "airflow_fsmigration.serving.loadtest, airflow_fsmigration.serving.stats\n"
+        "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

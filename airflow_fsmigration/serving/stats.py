@@ -41,6 +41,9 @@ HDR_HIGHEST_US = 60_000_000
 HDR_DIGITS = 3
 # Pending flushes kept while Redis is down; older ones are dropped with a warning.
 MAX_PENDING_FLUSHES = 600
+# Safety net if the flush thread is starved for minutes: beyond this many queued samples the
+# oldest are dropped (a normal flush drains ~1 s of traffic, far below it).
+MAX_QUEUED_SAMPLES = 2_000_000
 
 
 class StatsUnavailable(RuntimeError):
@@ -205,8 +208,10 @@ class StatsRecorder:
         self._client = client
         self.bucket_s = int(bucket_s)
         self.retention_s = int(retention_s)
-        self._samples: collections.deque[tuple[str, str, int, bool]] = collections.deque()
-        self._shadow: collections.deque[tuple[str, bool]] = collections.deque()
+        self._samples: collections.deque[tuple[str, str, int, bool]] = collections.deque(
+            maxlen=MAX_QUEUED_SAMPLES
+        )
+        self._shadow: collections.deque[tuple[str, bool]] = collections.deque(maxlen=MAX_QUEUED_SAMPLES)
         self._pending: collections.deque[tuple[float, list[tuple[str, int, str, dict[str, int], bytes]]]] = (
             collections.deque()
         )
