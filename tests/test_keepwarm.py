@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -76,6 +77,8 @@ def test_warm_store_passes_and_is_recorded(demo_plan, redis_client, pg_conn):
     assert (check.online_sampled, check.online_with_ts) == (25, 25)
     assert check.offline_newest is not None
     assert datetime.now(UTC) - check.offline_newest < timedelta(minutes=6)
+    as_json = json.loads(json.dumps(check.as_dict()))
+    assert (as_json["passed"], as_json["online_sampled"], as_json["max_staleness_s"]) == (True, 25, 3600.0)
     rows = pg_conn.execute("SELECT group_name, passed, online_sampled FROM fsmig.keepwarm_checks").fetchall()
     assert rows == [(GROUP, True, 25)]
 

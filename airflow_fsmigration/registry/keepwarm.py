@@ -61,6 +61,20 @@ class WarmCheck:
     max_staleness: timedelta
     problems: tuple[str, ...] = ()
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (XCom, audit evidence, reports)."""
+        return {
+            "group": self.group,
+            "checked_at": _iso(self.checked_at),
+            "passed": self.passed,
+            "online_sampled": self.online_sampled,
+            "online_with_ts": self.online_with_ts,
+            "online_newest": _iso(self.online_newest),
+            "offline_newest": _iso(self.offline_newest),
+            "max_staleness_s": self.max_staleness.total_seconds(),
+            "problems": list(self.problems),
+        }
+
     def summary(self) -> str:
         if self.passed:
             return (
