@@ -156,6 +156,15 @@ def test_expected_version_conflict(registry):
 
 
 @pytest.mark.integration
+def test_lost_race_to_the_same_target_is_a_no_op(registry):
+    _to_ramping(registry)
+    first = registry.ramp(GROUP, 50, actor="a", reason="bake passed")
+    again = registry.ramp(GROUP, 50, actor="b", reason="bake passed (retried task)")
+    assert (first.changed, again.changed, again.version) == (True, False, first.version)
+    assert len(registry.audit(GROUP)) == first.version
+
+
+@pytest.mark.integration
 def test_rollback_wins_over_a_ramp_that_read_before_it(pg_url, registry, redis_client, demo_plan):
     _to_ramping(registry)
     ramper = Registry(pg_url, RoutingMirror(redis_client), plan=demo_plan)

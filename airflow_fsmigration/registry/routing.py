@@ -343,6 +343,9 @@ class Registry:
             current = self.state(group)
             if expected_version is not None and current.version != expected_version:
                 raise VersionConflict(group, expected_version, current.version)
+            if current.phase is target and (ramp_pct is None or float(ramp_pct) == current.ramp_pct):
+                log.info("group %s: already %s, nothing to do", group, current.describe())
+                return current  # idempotent: a retried task or a lost race to the same target
             pct = self._check_forward(current, target, ramp_pct, soak_passed, ev, soak_why)
             with self._lock:
                 conn = self.connection()
