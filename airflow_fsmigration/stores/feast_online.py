@@ -24,30 +24,29 @@ Feast's behaviour that this reader makes explicit rather than copying:
   :meth:`stale_report` list them as *stale in the legacy store*, a finding of its own: the models
   were trained with the TTL applied, so the new store is right not to have them.
 
-Reads go to Redis in batches through one server-side Lua script per batch (a reply of flat
-values, one round trip, no per-key client work); on Redis Cluster, or where scripts are not
-allowed, they fall back to a redis-py pipeline of HMGETs.
+Reads reuse the pipelined raw-protocol reader of :class:`RedisOnlineSource` (hiredis on a plain
+socket, a writer thread overlapping send and receive); :class:`FeastLayout` supplies Feast's keys
+(built with numpy for a whole batch), fields and decoding.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.stores.base import DEFAULT_CHUNK, HistoryUnavailable, Progress, rechunk
 from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, feature_schema
+from airflow_fsmigration.stores.redis_online import BATCH, RedisOnlineSource
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
-    import redis
 
     from airflow_fsmigration.feast_import import FeastRepo, FeastView
-    from airflow_fsmigration.plan.model import FeatureGroup
+    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
 
 log = logging.getLogger("airflow_fsmigration.stores.feast")
 
@@ -81,20 +80,6 @@ _FIELD_NAMES = {
 NULL_TIMESTAMP_INT = -(2**63)
 # ValueType numbers used in serialized entity keys.
 _VT_STRING, _VT_INT32, _VT_INT64 = 2, 3, 4
-
-# KEYS: hash keys; ARGV: the fields. Returns the HMGET replies of all keys, flattened.
-_LUA_HMGET_MANY = """
-local out = {}
-local n = 0
-for i = 1, #KEYS do
-  local vals = redis.call('HMGET', KEYS[i], unpack(ARGV))
-  for j = 1, #vals do
-    n = n + 1
-    out[n] = vals[j]
-  end
-end
-return out
-"""
 
 
 def mmh3_field(view: str, feature: str) -> bytes:
@@ -162,18 +147,26 @@ def parse_redis_key(view: FeastView, project: str, key: bytes) -> str | None:
 
 
 def _varints(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one protobuf varint at each position of ``data`` (padded by 10 bytes): (value, length)."""
+    """Decode one protobuf varint at each position of ``data`` (padded by 10 bytes): (value, length).
+
+    One numpy pass per varint byte, over the values still open: Feast's tags and small numbers
+    take one or two passes, event-time seconds five.
+    """
     import numpy as np
 
-    idx = pos[:, None] + np.arange(10)
-    b = data[idx].astype(np.uint64)
-    more = (b & np.uint64(0x80)) != 0
-    length = np.argmin(more, axis=1) + 1
-    keep = np.arange(10) < length[:, None]
-    shifts = (np.arange(10, dtype=np.uint64) * np.uint64(7))[None, :]
-    with np.errstate(over="ignore"):
-        parts = np.where(keep, (b & np.uint64(0x7F)) << shifts, np.uint64(0))
-    return np.bitwise_or.reduce(parts, axis=1), length.astype(np.int64)
+    n = len(pos)
+    value = np.zeros(n, dtype=np.uint64)
+    length = np.zeros(n, dtype=np.int64)
+    live = np.arange(n)
+    for k in range(10):
+        b = data[pos[live] + k]
+        value[live] |= (b & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        done = b < 0x80
+        length[live[done]] = k + 1
+        live = live[~done]
+        if not len(live):
+            break
+    return value, length
 
 
 def _fixed(data: np.ndarray, pos: np.ndarray, width: int, dtype: str) -> np.ndarray:
@@ -337,7 +330,142 @@ def decode_timestamps(values: Sequence[bytes | None] | pa.Array) -> tuple[pa.Arr
     return ts, found
 
 
+def redis_key_array(view: FeastView, project: str, ids: pa.Array) -> pa.Array:
+    """Vectorised :func:`redis_keys`: the keys of an Arrow array of entity ids, as a binary array."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(view.join_keys) != 1:
+        redis_keys(view, project, [])  # raises the explanatory error
+    key = view.join_keys[0]
+    head = entity_key_prefix(key.name)
+    tail = project.encode()
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    n = len(ids)
+    if key.value_type in ("INT64", "INT32"):
+        try:
+            values = pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(
+                f"Feast view '{view.name}': join key '{key.name}' is {key.value_type}, "
+                f"so entity ids must be integers: {exc}"
+            ) from None
+        if key.value_type == "INT64":
+            pre, raw = head + struct.pack("<II", _VT_INT64, 8), values.astype("<i8")
+        else:
+            pre, raw = head + struct.pack("<II", _VT_INT32, 4), values.astype("<i4")
+        width_v = raw.dtype.itemsize
+        width = len(pre) + width_v + len(tail)
+        rows = np.empty((n, width), dtype=np.uint8)
+        rows[:, : len(pre)] = np.frombuffer(pre, np.uint8)
+        rows[:, len(pre) : len(pre) + width_v] = raw.view(np.uint8).reshape(n, width_v)
+        rows[:, len(pre) + width_v :] = np.frombuffer(tail, np.uint8)
+        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+        return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(rows)])
+    if key.value_type == "STRING":
+        text = ids.cast(pa.string())
+        lengths = pc.binary_length(text).to_numpy(zero_copy_only=False).astype("<u4")
+        lens = pa.BinaryArray.from_buffers(
+            pa.binary(),
+            n,
+            [
+                None,
+                pa.py_buffer(np.arange(0, (n + 1) * 4, 4, dtype=np.int32)),
+                pa.py_buffer(lengths.tobytes()),
+            ],
+        )
+        pre = head + struct.pack("<I", _VT_STRING)
+        return pc.binary_join_element_wise(pre, lens, text.cast(pa.binary()), tail, b"")
+    raise ValueError(f"Feast view '{view.name}': join key type {key.value_type} is not supported")
+
+
 # ----------------------------------------------------------------------------- the source
+
+
+class FeastLayout:
+    """Feast's Redis layout as a :class:`~airflow_fsmigration.stores.redis_online.RedisLayout`.
+
+    Plugged into the pipelined raw-protocol reader of :class:`RedisOnlineSource`, so Feast keys
+    are read exactly as fast as the plain layout; only keys, fields and decoding differ.
+    """
+
+    def __init__(self, repo: FeastRepo, views: Mapping[str, str]) -> None:
+        self.repo = repo
+        self.views = dict(views)
+
+    def view(self, group: FeatureGroup) -> FeastView:
+        name = self.views.get(group.name)
+        if name is None:
+            raise KeyError(
+                f"group '{group.name}' is not mapped to a Feast feature view of project "
+                f"'{self.repo.project}' (mapped groups: {', '.join(sorted(self.views)) or 'none'})"
+            )
+        return self.repo.view(name)
+
+    def feast_features(self, group: FeatureGroup) -> list[str]:
+        """The Feast feature name behind each plan feature of the group, in order."""
+        from airflow_fsmigration.feast_import import plan_name
+
+        view = self.view(group)
+        by_plan = {plan_name(f.name): f.name for f in view.features}
+        names = {f.name for f in view.features}
+        out = []
+        for f in group.features:
+            feast_name = f.name if f.name in names else by_plan.get(f.name)
+            if feast_name is None:
+                raise KeyError(
+                    f"group '{group.name}': feature '{f.name}' is not in Feast view '{view.name}' "
+                    f"(it has {', '.join(x.name for x in view.features)})"
+                )
+            out.append(feast_name)
+        return out
+
+    def ts_field(self, group: FeatureGroup) -> bytes:
+        return f"_ts:{self.view(group).name}".encode()
+
+    def keys(self, group: FeatureGroup, ids: pa.Array) -> pa.Array:
+        return redis_key_array(self.view(group), self.repo.project, ids)
+
+    def fields(self, group: FeatureGroup) -> list[bytes]:
+        view = self.view(group)
+        return [mmh3_field(view.name, f) for f in self.feast_features(group)] + [self.ts_field(group)]
+
+    def match_pattern(self, group: FeatureGroup) -> str:
+        # The fixed bytes of a v3 key are ASCII (small little-endian integers and the key name).
+        head = entity_key_prefix(self.view(group).join_keys[0].name).decode("latin-1")
+        return f"{_glob_escape(head)}*{_glob_escape(self.repo.project)}"
+
+    def ids_from_keys(self, group: FeatureGroup, keys: list[bytes]) -> list[str]:
+        view = self.view(group)
+        parsed = (parse_redis_key(view, self.repo.project, k) for k in keys)
+        return [e for e in parsed if e is not None]
+
+    def decode(self, group: FeatureGroup, ids: pa.Array, columns: list[pa.Array]) -> pa.Table:
+        """Decode one batch; an entity without ``_ts:<view>`` has no row for this view and is dropped."""
+        import numpy as np
+        import pyarrow as pa
+
+        ts, found = decode_timestamps(columns[-1])
+        keep = None if found.all() else pa.array(np.flatnonzero(found))
+        arrays = [ids.cast(pa.string())]
+        for feature, raw in zip(group.features, columns, strict=False):
+            arrays.append(
+                decode_values(raw, str(feature.dtype), what=f"group '{group.name}' feature '{feature.name}'")
+            )
+        arrays.append(ts)
+        if keep is not None:
+            arrays = [a.take(keep) for a in arrays]
+        return pa.Table.from_arrays(arrays, schema=feature_schema(group))
+
+    def encode(self, group: FeatureGroup, table: pa.Table) -> list[pa.Array]:
+        raise NotImplementedError(
+            f"group '{group.name}': writing Feast's layout is Feast's job (feast materialize), not fsmigrate's"
+        )
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 @dataclass
@@ -357,305 +485,186 @@ class StaleReport:
     @property
     def summary(self) -> str:
         if not self.ttl_seconds:
-            return f"group '{self.group}': Feast view '{self.view}' has no TTL; nothing can be stale"
+            return f"group '{self.group}': Feast view '{self.view}' has no TTL, so nothing is stale"
         return (
-            f"group '{self.group}': {self.stale_count} of {self.present} entities in Feast's online store "
-            f"are past the view's TTL ({self.ttl_seconds} s) and still served by Feast (stale in the "
-            f"legacy store; the new store is right not to have them)"
+            f"group '{self.group}': {self.stale_count} of {self.present} entities read from Feast's online "
+            f"store are past the view's TTL ({self.ttl_seconds} s) yet still served by Feast: stale in "
+            "the legacy store (the models were trained with the TTL applied), not a new-store mismatch"
         )
 
 
 @dataclass
 class FeastOnlineRead:
-    """A read with its finding: ``frame`` as Feast serves it, and ``stale`` (entity_id, _source_ts, age_s)."""
+    """A read with its finding: ``frame`` as Feast serves it; ``stale`` lists (entity_id, _source_ts, age_s)."""
 
     frame: pa.Table
     stale: pa.Table
     ttl_seconds: int
 
 
-class FeastRedisOnlineSource:
-    """Feast's Redis online store as a :class:`~airflow_fsmigration.stores.base.FeatureSource`.
-
-    :param client: a ``redis.Redis`` client or a Redis URL.
-    :param repo: the Feast repository (``FeastRepo.from_json(...)`` of the ``.feast.json`` that
-        ``fsmigrate import-feast`` writes beside the plan).
-    :param views: group name -> Feast feature view name; by default each view's plan name.
-    :param method: ``"lua"`` (one script per batch), ``"pipeline"`` (HMGET per key) or ``"auto"``.
-    :param batch_size: keys per round trip; a Lua batch holds Redis for its duration (about 1 ms per 1000 keys).
-    :param clock: returns "now" for TTL checks (tests pin it).
-    """
-
-    store = "Feast Redis online store"
-
-    def __init__(
-        self,
-        client: redis.Redis | str,
-        repo: FeastRepo,
-        *,
-        views: Mapping[str, str] | None = None,
-        conn_id: str = "feast_online",
-        method: str = "auto",
-        batch_size: int = 1000,
-        clock: Any = None,
-    ) -> None:
-        from airflow_fsmigration.feast_import import plan_name
-
-        if isinstance(client, str):
-            import redis as redis_lib
-
-            client = redis_lib.Redis.from_url(client)
-        if method not in ("auto", "lua", "pipeline"):
-            raise ValueError(f"method must be 'auto', 'lua' or 'pipeline', got {method!r}")
-        self.client = client
-        self.repo = repo
-        self.conn_id = conn_id
-        self.method = method
-        self.batch_size = batch_size
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.views = dict(views) if views is not None else {plan_name(v): v for v in repo.views}
-        self.last_read: FeastOnlineRead | None = None
-        self._script: Any = None
-
-    # -- mapping plan groups to Feast ----------------------------------------------------------
-
-    def view_of(self, group: FeatureGroup) -> FeastView:
-        name = self.views.get(group.name)
-        if name is None:
-            raise KeyError(
-                f"group '{group.name}' is not mapped to a Feast feature view of project "
-                f"'{self.repo.project}' (mapped: {', '.join(sorted(self.views)) or 'none'})"
-            )
-        return self.repo.view(name)
-
-    def _fields(self, group: FeatureGroup, view: FeastView) -> list[tuple[str, bytes]]:
-        """(plan feature, hash field) per feature of the group."""
-        from airflow_fsmigration.feast_import import plan_name
-
-        by_plan = {plan_name(f.name): f.name for f in view.features}
-        out = []
-        for f in group.features:
-            feast_name = by_plan.get(f.name, f.name)
-            if feast_name not in {x.name for x in view.features}:
-                raise KeyError(
-                    f"group '{group.name}': feature '{f.name}' is not in Feast view '{view.name}' "
-                    f"(it has {', '.join(x.name for x in view.features)})"
-                )
-            out.append((f.name, mmh3_field(view.name, feast_name)))
-        return out
-
-    # -- raw reads ------------------------------------------------------------------------------
-
-    def _hmget_many(self, keys: list[bytes], fields: list[bytes]) -> list[bytes | None]:
-        """HMGET ``fields`` of every key, flattened (len(keys) * len(fields) values)."""
-        import redis as redis_lib
-
-        from airflow_fsmigration.connections import StoreUnavailable
-
-        out: list[bytes | None] = []
-        try:
-            for i in range(0, len(keys), self.batch_size):
-                batch = keys[i : i + self.batch_size]
-                if self.method != "pipeline":
-                    try:
-                        if self._script is None:
-                            self._script = self.client.register_script(_LUA_HMGET_MANY)
-                        out.extend(self._script(keys=batch, args=fields))
-                        continue
-                    except redis_lib.ResponseError as exc:
-                        if self.method == "lua":
-                            raise
-                        log.info("Lua reads unavailable (%s); using pipelined HMGET", exc)
-                        self.method = "pipeline"
-                with self.client.pipeline(transaction=False) as pipe:
-                    for key in batch:
-                        pipe.hmget(key, fields)
-                    for reply in pipe.execute():
-                        out.extend(reply)
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-            raise StoreUnavailable(self.conn_id, self.store, exc) from exc
-        return out
-
-    def read_detailed(
-        self, group: FeatureGroup, entity_ids: Sequence[str], *, now: datetime | None = None
-    ) -> FeastOnlineRead:
-        """The frame as Feast serves it, plus the entities whose value is past the view's TTL."""
-        import numpy as np
-        import pyarrow as pa
-
-        view = self.view_of(group)
-        ids = list(dict.fromkeys(str(e) for e in entity_ids))
-        fields = self._fields(group, view)
-        ts_field = f"_ts:{view.name}".encode()
-        width = len(fields) + 1
-        flat = self._hmget_many(redis_keys(view, self.repo.project, ids), [f for _, f in fields] + [ts_field])
-        ts, found = decode_timestamps(flat[len(fields) :: width])
-        keep = np.flatnonzero(found)
-        columns = [pa.array(ids, type=pa.string()).take(keep)]
-        for j, (name, _) in enumerate(fields):
-            col = decode_values(
-                flat[j::width], group.feature(name).dtype, what=f"group '{group.name}' feature '{name}'"
-            )
-            columns.append(col.take(keep))
-        columns.append(ts.take(keep))
-        frame = pa.Table.from_arrays(columns, schema=feature_schema(group))
-        now = now or self.clock()
-        stale = _stale_table(frame, view.ttl_seconds, now)
-        self.last_read = FeastOnlineRead(frame, stale, view.ttl_seconds)
-        if stale.num_rows:
-            log.info(
-                "group '%s': %d of %d entities are past Feast TTL %ss (stale in the legacy store)",
-                group.name,
-                stale.num_rows,
-                frame.num_rows,
-                view.ttl_seconds,
-            )
-        return self.last_read
-
-    # -- FeatureSource ----------------------------------------------------------------------------
-
-    def read(self, group: FeatureGroup, entity_ids: Sequence[str]) -> pa.Table:
-        """What Feast serves for ``entity_ids`` (past-TTL values included; see :meth:`stale_report`)."""
-        return self.read_detailed(group, entity_ids).frame
-
-    def read_as_of(self, group: FeatureGroup, entity_ids: Sequence[str], as_of: datetime) -> pa.Table:
-        raise HistoryUnavailable(self.conn_id, self.store, group.name)
-
-    def _scan_keys(self, view: FeastView) -> Iterator[list[str]]:
-        """Entity ids of ``view``'s entity that have a row of ``view`` (SCAN, then HEXISTS _ts:<view>)."""
-        import redis as redis_lib
-
-        from airflow_fsmigration.connections import StoreUnavailable
-
-        pattern = (
-            _glob_escape(entity_key_prefix(view.join_keys[0].name))
-            + b"*"
-            + _glob_escape(self.repo.project.encode())
-        )
-        ts_field = f"_ts:{view.name}".encode()
-        cursor = 0
-        try:
-            while True:
-                cursor, keys = self.client.scan(cursor=cursor, match=pattern, count=5000)
-                parsed = [(k, parse_redis_key(view, self.repo.project, k)) for k in keys]
-                parsed = [(k, e) for k, e in parsed if e is not None]
-                if parsed:
-                    with self.client.pipeline(transaction=False) as pipe:
-                        for k, _ in parsed:
-                            pipe.hexists(k, ts_field)
-                        has = pipe.execute()
-                    yield [e for (_, e), h in zip(parsed, has, strict=True) if h]
-                if cursor == 0:
-                    return
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-            raise StoreUnavailable(self.conn_id, self.store, exc) from exc
-
-    def entity_ids(
-        self, group: FeatureGroup, *, shard: tuple[int, int] | None = None, limit: int | None = None
-    ) -> list[str]:
-        from airflow_fsmigration.stores.sharding import filter_shard
-
-        view = self.view_of(group)
-        out: list[str] = []
-        for ids in self._scan_keys(view):
-            out.extend(filter_shard(ids, shard))
-            if limit is not None and len(out) >= limit:
-                return sorted(out)[:limit]
-        return sorted(out)
-
-    def scan(
-        self, group: FeatureGroup, *, chunk_size: int = DEFAULT_CHUNK, shard: tuple[int, int] | None = None
-    ) -> Iterator[pa.Table]:
-        ids = self.entity_ids(group, shard=shard)
-        progress = Progress(f"group '{group.name}' from {self.store}", total=len(ids))
-
-        def frames() -> Iterator[pa.Table]:
-            for i in range(0, len(ids), chunk_size):
-                frame = self.read(group, ids[i : i + chunk_size])
-                progress.add(len(ids[i : i + chunk_size]))
-                yield frame
-
-        yield from rechunk(frames(), chunk_size)
-
-    def freshness(self, group: FeatureGroup) -> datetime | None:
-        import pyarrow.compute as pc
-
-        newest = None
-        for frame in self.scan(group):
-            top = pc.max(frame.column(SOURCE_TS)).as_py()
-            if top is not None and (newest is None or top > newest):
-                newest = top
-        return newest
-
-    # -- the staleness finding ---------------------------------------------------------------------
-
-    def stale_report(
-        self,
-        group: FeatureGroup,
-        entity_ids: Sequence[str] | None = None,
-        *,
-        now: datetime | None = None,
-        sample: int = 20,
-    ) -> StaleReport:
-        """Count the entities whose Feast value is past the view's TTL (all entities when ``entity_ids`` is None)."""
-        import pyarrow as pa
-
-        view = self.view_of(group)
-        now = now or self.clock()
-        ids = list(entity_ids) if entity_ids is not None else self.entity_ids(group)
-        frames, stales = [], []
-        for i in range(0, max(len(ids), 1), DEFAULT_CHUNK):
-            res = self.read_detailed(group, ids[i : i + DEFAULT_CHUNK], now=now)
-            frames.append(res.frame.num_rows)
-            stales.append(res.stale)
-        stale = pa.concat_tables(stales) if stales else _stale_table(None, 0, now)
-        oldest = None
-        if stale.num_rows:
-            import pyarrow.compute as pc
-
-            oldest = pc.min(stale.column(SOURCE_TS)).as_py()
-        return StaleReport(
-            group=group.name,
-            view=view.name,
-            ttl_seconds=view.ttl_seconds,
-            now=now,
-            checked=len(ids),
-            present=sum(frames),
-            stale_count=stale.num_rows,
-            stale_entity_ids=stale.column(ENTITY).to_pylist()[:sample],
-            oldest=oldest,
-        )
-
-
-def _stale_table(frame: pa.Table | None, ttl_seconds: int, now: datetime) -> pa.Table:
-    """Rows of ``frame`` whose ``_source_ts`` is before ``now - ttl`` (none when the view has no TTL)."""
+def _stale_schema() -> pa.Schema:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    schema = pa.schema(
+    return pa.schema(
         [
             pa.field(ENTITY, pa.string()),
             pa.field(SOURCE_TS, pa.timestamp("us", tz="UTC")),
             pa.field("age_s", pa.float64()),
         ]
     )
-    if frame is None or not ttl_seconds or frame.num_rows == 0:
-        return schema.empty_table()
-    now_us = int(now.timestamp() * 1_000_000)
+
+
+def stale_rows(frame: pa.Table, ttl_seconds: int, now: datetime) -> pa.Table:
+    """Rows of ``frame`` whose ``_source_ts`` is older than ``now - ttl`` (none when the view has no TTL).
+
+    The boundary is Feast's own: ``get_historical_features`` keeps a row with
+    ``event_timestamp >= as_of - ttl``, so only an age strictly above the TTL is stale.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not ttl_seconds or frame.num_rows == 0:
+        return _stale_schema().empty_table()
+    now_us = int(now.timestamp()) * 1_000_000 + now.microsecond
     ts = frame.column(SOURCE_TS).cast(pa.int64())
-    age_s = pc.divide(pc.subtract(pa.scalar(now_us, pa.int64()), ts).cast(pa.float64()), 1e6)
-    mask = pc.greater(age_s, float(ttl_seconds))
+    age_us = pc.subtract(pa.scalar(now_us, pa.int64()), ts)
+    mask = pc.greater(age_us, pa.scalar(ttl_seconds * 1_000_000, pa.int64()))
+    age_s = pc.divide(age_us.cast(pa.float64()), 1e6)
     return pa.Table.from_arrays(
         [frame.column(ENTITY).filter(mask), frame.column(SOURCE_TS).filter(mask), age_s.filter(mask)],
-        schema=schema,
+        schema=_stale_schema(),
     )
 
 
-def _glob_escape(raw: bytes) -> bytes:
-    """Escape Redis glob characters so binary key bytes match literally."""
-    out = bytearray()
-    for b in raw:
-        if b in b"*?[]\\":
-            out += b"\\"
-        out.append(b)
-    return bytes(out)
+class FeastRedisOnlineSource(RedisOnlineSource):
+    """Feast's Redis online store as a :class:`~airflow_fsmigration.stores.base.FeatureSource`.
+
+    :param url_or_client: a Redis URL or ``redis.Redis`` client (Feast's ``connection_string``).
+    :param repo: the Feast repository: ``FeastRepo.from_json(path)`` of the ``<plan>.feast.json``
+        that ``fsmigrate import-feast`` writes beside the plan.
+    :param plan: optional, so groups can be passed by name.
+    :param views: group name -> Feast feature view name; by default every view under its plan name.
+    :param clock: "now" for the TTL check (tests pin it).
+    """
+
+    store = "Feast Redis online store"
+
+    def __init__(
+        self,
+        url_or_client: str | Any,
+        repo: FeastRepo,
+        plan: MigrationPlan | None = None,
+        conn_id: str = "legacy_online",
+        *,
+        views: Mapping[str, str] | None = None,
+        batch_size: int = BATCH,
+        clock: Any = None,
+    ) -> None:
+        from airflow_fsmigration.feast_import import plan_name
+
+        views = dict(views) if views is not None else {plan_name(v): v for v in repo.views}
+        self.feast = FeastLayout(repo, views)
+        super().__init__(url_or_client, plan, conn_id, layout=self.feast, batch_size=batch_size)
+        self.repo = repo
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.last_read: FeastOnlineRead | None = None
+
+    def __repr__(self) -> str:
+        return f"FeastRedisOnlineSource(conn_id={self.conn_id!r}, project={self.repo.project!r})"
+
+    def read_detailed(
+        self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array, *, now: datetime | None = None
+    ) -> FeastOnlineRead:
+        """The frame as Feast serves it, and the entities in it whose value is past the view's TTL."""
+        g = self._group(group)
+        frame = super().read(g, entity_ids)
+        ttl = self.feast.view(g).ttl_seconds
+        stale = stale_rows(frame, ttl, now or self.clock())
+        if stale.num_rows:
+            log.info(
+                "group '%s': %d of %d entities are past Feast TTL %s s (stale in the legacy store)",
+                g.name,
+                stale.num_rows,
+                frame.num_rows,
+                ttl,
+            )
+        self.last_read = FeastOnlineRead(frame, stale, ttl)
+        return self.last_read
+
+    def read(self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array) -> pa.Table:
+        """What Feast serves (past-TTL values included); their list is in ``last_read.stale``."""
+        return self.read_detailed(group, entity_ids).frame
+
+    def entity_ids(
+        self, group: FeatureGroup | str, *, shard: tuple[int, int] | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Entities with a row of the group's view (the hash may hold other views of the same entity)."""
+        import pyarrow as pa
+
+        from airflow_fsmigration.stores.sharding import filter_shard
+
+        g = self._group(group)
+        found: set[str] = set()
+        ts_field = self.feast.ts_field(g)
+        for ids in self._scan_ids(g):
+            ids = filter_shard(ids, shard)
+            if not ids:
+                continue
+            keys = self.feast.keys(g, pa.array(ids, type=pa.string())).to_pylist()
+            with self.client.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    pipe.hexists(k, ts_field)
+                has = self._redis_call(pipe.execute)
+            found.update(e for e, h in zip(ids, has, strict=True) if h)
+            if limit is not None and len(found) >= limit:
+                break
+        result = sorted(found)
+        return result[:limit] if limit is not None else result
+
+    def freshness(self, group: FeatureGroup | str) -> datetime | None:
+        """The newest ``_ts:<view>`` over all entities (a full scan)."""
+        import pyarrow.compute as pc
+
+        newest: datetime | None = None
+        for table in self.scan(self._group(group)):
+            value = pc.max(table.column(SOURCE_TS)).as_py()
+            if value is not None and (newest is None or value > newest):
+                newest = value
+        return newest
+
+    def stale_report(
+        self,
+        group: FeatureGroup | str,
+        entity_ids: Sequence[str] | None = None,
+        *,
+        now: datetime | None = None,
+        sample: int = 20,
+    ) -> StaleReport:
+        """Entities whose Feast value is past the view's TTL (over all entities when ``entity_ids`` is None)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        g = self._group(group)
+        view = self.feast.view(g)
+        now = now or self.clock()
+        if entity_ids is None:
+            frames = list(self.scan(g))
+            checked = sum(f.num_rows for f in frames)
+        else:
+            frames = [self.read_detailed(g, entity_ids, now=now).frame]
+            checked = len(set(entity_ids))
+        stale = pa.concat_tables(
+            [stale_rows(f, view.ttl_seconds, now) for f in frames] or [_stale_schema().empty_table()]
+        )
+        oldest = pc.min(stale.column(SOURCE_TS)).as_py() if stale.num_rows else None
+        return StaleReport(
+            group=g.name,
+            view=view.name,
+            ttl_seconds=view.ttl_seconds,
+            now=now,
+            checked=checked,
+            present=sum(f.num_rows for f in frames),
+            stale_count=stale.num_rows,
+            stale_entity_ids=sorted(stale.column(ENTITY).to_pylist())[:sample],
+            oldest=oldest,
+        )
