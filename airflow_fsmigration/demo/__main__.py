@@ -1,0 +1,265 @@
+"""``make demo``: embedded Postgres and Redis, a generated legacy feature store, the assessment.
+
+Steps: start the servers (data under ``.fsmig/demo`` so a rerun with the same sizes reuses it),
+generate the data (or reuse it), validate the plan, write and print the assessment, stop the
+servers. Later parts of the migration (shadow comparison, ramp, rollback) are added here as they
+land; see :mod:`airflow_fsmigration.demo.data` for what is generated and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("airflow_fsmigration.demo")
+
+REPO_PLAN = Path(__file__).resolve().parents[2] / "include" / "demo_plan"
+GENERATOR_VERSION = 1  # bump when the generated data changes shape, so stale demo data is regenerated
+DATABASES = {"events": "fsmig_events", "legacy": "fsmig_legacy", "registry": "fsmig_registry"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m airflow_fsmigration.demo", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--entities", type=int, default=100_000, help="users (merchants 1/50, items 1/20); default 100000"
+    )
+    p.add_argument("--days", type=int, default=90, help="days of raw events (default 90)")
+    p.add_argument("--seed", type=float, default=0.42, help="Postgres setseed value in [-1, 1]")
+    p.add_argument("--history-entities", type=int, default=2_000, help="users in the legacy offline history")
+    p.add_argument("--plan", type=Path, default=REPO_PLAN, help="the demo plan (correct definitions)")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(".fsmig/demo"), help="server data and the demo plan copy"
+    )
+    p.add_argument("--out", type=Path, default=Path(".fsmig/reports"), help="report folder")
+    p.add_argument("--regenerate", action="store_true", help="regenerate the data even if it matches")
+    p.add_argument("--no-bug", action="store_true", help="deploy the correct definitions (no planted bug)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def _fingerprint(args: argparse.Namespace) -> str:
+    """What the generated data depends on: sizes, seed, bug switch and the plan's files."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            [GENERATOR_VERSION, args.entities, args.days, args.seed, args.history_entities, not args.no_bug]
+        ).encode()
+    )
+    for path in sorted(args.plan.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(args.plan).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _start_postgres(data_dir: Path) -> Any:
+    """Embedded Postgres on ``data_dir`` that stops (keeping its data) when we stop it."""
+    import pgserver
+
+    from airflow_fsmigration.devservices import Postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    return Postgres(url=server.get_uri(), _server=server)
+
+
+def _reusable(
+    stamp_path: Path, fingerprint: str, urls: dict[str, str], redis_url: str
+) -> dict[str, Any] | None:
+    """The previous run's environment when its data is still there and was made with the same inputs."""
+    import psycopg
+    import redis
+
+    if not stamp_path.exists():
+        return None
+    stamp = json.loads(stamp_path.read_text())
+    if stamp.get("fingerprint") != fingerprint:
+        log.info("demo data was generated with other sizes or another plan: regenerating")
+        return None
+    try:
+        with psycopg.connect(urls["events"], connect_timeout=5) as conn:
+            users = conn.execute("SELECT count(*) FROM raw.users").fetchone()[0]
+        client = redis.Redis.from_url(redis_url)
+        keys = client.dbsize()
+        client.close()
+    except Exception as exc:  # a half-made database: start over
+        log.info("previous demo data is incomplete (%s): regenerating", exc)
+        return None
+    expected = sum(v for k, v in stamp["env"]["counts"].items() if k.startswith("redis:"))
+    if users != stamp["env"]["entities"]["user_id"] or keys != expected:
+        log.info(
+            "previous demo data does not match its stamp (users %s, redis keys %s): regenerating", users, keys
+        )
+        return None
+    return stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+    )
+    for noisy in ("pgserver", "pgserver.postgres_server", "pgserver.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from airflow_fsmigration.cli import main as fsmigrate
+    from airflow_fsmigration.demo.data import DemoEnvironment, generate_demo
+    from airflow_fsmigration.devservices import start_redis
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.reports.assess import write_assessment
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    data_dir = args.data_dir.resolve()
+    stamp_path = data_dir / "env.json"
+    fingerprint = _fingerprint(args)
+
+    t0 = time.perf_counter()
+    log.info("starting embedded Postgres (%s) and Redis", data_dir / "pg")
+    pg = _start_postgres(data_dir / "pg")
+    rd = start_redis(data_dir=data_dir / "redis")
+    timings["start servers"] = time.perf_counter() - t0
+    try:
+        urls = {role: pg.create_database(name) for role, name in DATABASES.items()}
+        stamp = None if args.regenerate else _reusable(stamp_path, fingerprint, urls, rd.url)
+        t0 = time.perf_counter()
+        if stamp is None:
+            for role, name in DATABASES.items():
+                urls[role] = pg.create_database(name, drop=True)
+            log.info(
+                "generating the legacy feature store: %s users, %d days of events, history for %s users",
+                f"{args.entities:,}",
+                args.days,
+                f"{args.history_entities:,}",
+            )
+            env = generate_demo(
+                urls["events"],
+                urls["legacy"],
+                urls["registry"],
+                rd.url,
+                load_plan(args.plan),
+                entities=args.entities,
+                days=args.days,
+                seed=args.seed,
+                history_entities=args.history_entities,
+                plan_dir=data_dir / "plan",
+                inject_bug=not args.no_bug,
+            )
+            _save_redis(rd.url)
+            stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "env": env.to_dict()}, indent=2))
+            timings["generate data"] = time.perf_counter() - t0
+        else:
+            env = _env_from_stamp(stamp["env"], urls, rd.url, DemoEnvironment)
+            log.info(
+                "reusing demo data generated as of %s (use --regenerate to rebuild)", env.now.isoformat()
+            )
+            timings["reuse data"] = time.perf_counter() - t0
+        env.apply_env()
+
+        print("\n== fsmigrate validate ==", flush=True)
+        t0 = time.perf_counter()
+        code = fsmigrate(["validate", str(env.plan_dir)])
+        timings["validate"] = time.perf_counter() - t0
+        if code != 0:
+            return code
+
+        print("\n== fsmigrate assess ==", flush=True)
+        t0 = time.perf_counter()
+        result = write_assessment(env.load_plan(), args.out, retention=True, now=env.now)
+        timings["assess"] = time.perf_counter() - t0
+        print(result.summary)
+        print(f"\nHTML report: {result.html_path.resolve()}")
+        print(f"Markdown:    {result.markdown_path.resolve()}")
+
+        _print_environment(env)
+        timings["total"] = time.perf_counter() - started
+        print("\n== timings ==")
+        for step, seconds in {**{f"  {k}": v for k, v in env.timings.items()}, **timings}.items():
+            print(f"  {step:<22}{seconds:8.1f} s")
+        return 0
+    finally:
+        rd.stop()
+        pg.stop()
+
+
+def _save_redis(url: str) -> None:
+    """Snapshot Redis into its data dir, so the next run starts with the online store loaded."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.save()
+    finally:
+        client.close()
+
+
+def _env_from_stamp(data: dict[str, Any], urls: dict[str, str], redis_url: str, cls: Any) -> Any:
+    """Rebuild the environment of a previous run, pointing at this run's server addresses."""
+    from airflow_fsmigration.demo.data import DemoBug, connection_urls
+    from airflow_fsmigration.devservices import airflow_conn_env
+    from airflow_fsmigration.plan import load_plan
+
+    plan_dir = Path(data["plan_dir"])
+    conn_urls = connection_urls(
+        load_plan(plan_dir),
+        events_url=urls["events"],
+        legacy_url=urls["legacy"],
+        registry_url=urls["registry"],
+        redis_url=redis_url,
+    )
+    env: dict[str, str] = {}
+    for conn_id, url in conn_urls.items():
+        env.update(airflow_conn_env(conn_id, url))
+    bug = data.get("bug")
+    return cls(
+        plan_dir=plan_dir,
+        now=datetime.fromisoformat(data["now"]).astimezone(UTC),
+        urls=conn_urls,
+        conn_env=env,
+        bug=None
+        if bug is None
+        else DemoBug(**{**bug, "features": tuple(bug["features"]), "sql_path": Path(bug["sql_path"])}),
+        entities=data["entities"],
+        counts=data["counts"],
+        timings={},
+    )
+
+
+def _print_environment(env: Any) -> None:
+    counts = env.counts
+    raw = {k: v for k, v in counts.items() if k.startswith("raw.")}
+    redis_keys = sum(v for k, v in counts.items() if k.startswith("redis:"))
+    history = {k: v for k, v in counts.items() if k.startswith("legacy.")}
+    print("\n== demo data ==")
+    print(f"  logical now:        {env.now.isoformat()}")
+    print("  raw events:         " + ", ".join(f"{k} {v:,}" for k, v in raw.items()))
+    purged = {k: v for k, v in counts.items() if k.startswith("purged:")}
+    if purged:
+        print("  purged (retention): " + ", ".join(f"{k[7:]} {v:,}" for k, v in purged.items()))
+    print(
+        f"  legacy online:      {redis_keys:,} Redis hashes in {len([k for k in counts if k.startswith('redis:')])} groups"
+    )
+    print(f"  legacy offline:     {sum(history.values()):,} history rows in {len(history)} tables")
+    print(f"  plan migrated:      {env.plan_dir}")
+    if env.bug:
+        print(
+            f"  planted bug:        group '{env.bug.group}' in the new store ({env.bug.sql_path.name}); "
+            "the shadow comparison should find and explain it"
+        )
+    print("  not yet in the demo: shadow comparison, ramp, rollback and the run report (issue 7)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
