@@ -47,9 +47,9 @@ def _registry_url(conn_id: str) -> str:
 
 def dag_ids(group: str) -> dict[str, str]:
     """The group's DAG ids, as the DAG factory names them."""
-    from airflow_fsmigration.dag_factory import dag_ids_for
+    from airflow_fsmigration.dag_factory import BACKFILL, MIGRATE, ROLLBACK, dag_id
 
-    return dag_ids_for(group)
+    return {kind: dag_id(kind, group) for kind in (MIGRATE, ROLLBACK, BACKFILL)}
 
 
 def collect(user: Any) -> tuple[Any, list[Any], list[str]]:
