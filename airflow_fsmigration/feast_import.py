@@ -32,6 +32,7 @@ log = logging.getLogger("airflow_fsmigration.feast")
 FEAST_PYTHON_ENV = "FSMIG_FEAST_PYTHON"
 FEAST_VENV = ".venv-feast"
 TODO = "TODO(fsmigrate)"
+SUGGESTION_MARKER = "-- fsmigrate suggestion (Feast's semantics, from its batch source):"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Feast ValueType name -> plan dtype. Lists, maps, bytes and structs have no plan dtype.
@@ -401,7 +402,8 @@ def definition_stub(view: FeastView, group: str, entity_key: str, features: list
         "-- and source_ts. Feast computes nothing: it serves the latest row of its batch source\n"
         "-- within the TTL. The query below reproduces exactly that from the same source; replace\n"
         "-- it with the real computation from raw events (or keep it, for a like-for-like move),\n"
-        "-- then delete these TODO lines and uncomment the query.\n"
+        "-- then delete these lines down to the marker and uncomment the query.\n"
+        f"{SUGGESTION_MARKER}\n"
         f"-- SELECT DISTINCT ON ({key_col})\n"
         f"--   {select}\n"
         f"-- FROM {_from_clause(src)}\n"
@@ -542,11 +544,12 @@ def draft_plan(
                 f"entity_column: {_q(src.column_for(key.name))}}}"
             )
         else:
+            # A query source has no table: FeastPostgresOfflineSource runs the query from the .feast.json.
+            label = f"feast_query:{src.name if src and src.name else view.name}"
             lines.append(
-                f"    legacy_offline: {{table: {_q(f'{TODO}: a table or view over the source query')}, "
-                f"event_time_column: {_q(src.timestamp_field if src else 'event_ts')}}}"
+                f"    legacy_offline: {{table: {_q(label)}, "
+                f"event_time_column: {_q(src.timestamp_field if src else 'event_ts')}}}  # Feast query source"
             )
-            todos.append(f"groups.{group}.legacy_offline.table: the Feast source is a query")
         if src and src.table:
             lines.append(
                 f"    # event_sources: [{{table: {src.table}, time_column: {src.timestamp_field}, "
@@ -785,3 +788,28 @@ def apply_and_materialize(
         python=python,
         cwd=repo_path,
     )
+
+
+def ensure_feast_venv(path: str | os.PathLike[str] | None = None, *, python: str | None = None) -> str:
+    """The Feast interpreter of ``path`` (default ``<project>/.venv-feast``), created when missing.
+
+    Creating it installs ``requirements-feast.txt`` (about a minute here); an existing one is reused.
+    """
+    venv = Path(path) if path else PROJECT_ROOT / FEAST_VENV
+    exe = venv / "bin" / "python"
+    if exe.exists():
+        return str(exe)
+    reqs = PROJECT_ROOT / "requirements-feast.txt"
+    spec = ["-r", str(reqs)] if reqs.is_file() else ["feast[redis,postgres]==0.67.0"]
+    log.info("creating %s with Feast (%s)", venv, " ".join(spec))
+    base = python or sys.executable
+    try:
+        subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [str(exe), "-m", "pip", "install", "-q", *spec], check=True, capture_output=True, text=True
+        )
+    except subprocess.CalledProcessError as exc:
+        raise FeastUnavailable(
+            f"could not create {venv}: {' '.join(map(str, exc.cmd))} failed:\n{(exc.stderr or '')[-2000:]}"
+        ) from exc
+    return str(exe)
