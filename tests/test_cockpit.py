@@ -164,6 +164,7 @@ def browser():
         service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
     )
     driver.set_page_load_timeout(60)
+    driver.set_window_size(1400, 1000)
     yield driver
     driver.quit()
 
