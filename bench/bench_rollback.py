@@ -17,6 +17,7 @@ Redis; ``--quick`` for a smoke run). Writes ``bench/results/bench_rollback.md``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import random
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.cli_rounds, args.writers = 5, 2, 4
+    logging.getLogger("airflow_fsmigration").setLevel(logging.ERROR)  # one warning per rollback otherwise
 
     import redis
 
