@@ -209,6 +209,7 @@ class FeatureRouter:
         self._breaker_lock = threading.Lock()
         self._stop = threading.Event()
         self.fallbacks = 0
+        self._fallback_logged: dict[str, float] = {}
         self.routing_updates = 0
         # Breaker trips go out on a thread: a failing request must not also wait for a PUBLISH.
         self._trip_outbox: queue.Queue[str | None] = queue.Queue()
@@ -493,14 +494,20 @@ class FeatureRouter:
         return rows
 
     def _fell_back(self, group: str, exc: Exception, n: int) -> None:
+        """Count a fallback; log it at most every 10 s per group (a dead store fails every read)."""
         self.fallbacks += n
-        log.debug(
-            "group %s: new store failed (%s: %s); %d entities served from the old store",
-            group,
-            type(exc).__name__,
-            exc,
-            n,
-        )
+        now = _monotonic()
+        if now - self._fallback_logged.get(group, -1e9) >= 10:
+            self._fallback_logged[group] = now
+            log.warning(
+                "group %s: new store read failed (%s: %s); served %d entities from the old store "
+                "(breaker %s; further failures in the next 10 s are only counted)",
+                group,
+                type(exc).__name__,
+                exc,
+                n,
+                self.breaker(group).state,
+            )
 
     def flush_stats(self) -> int:
         """Write the stats recorded so far to Redis now (returns samples written)."""
