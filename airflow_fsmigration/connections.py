@@ -87,8 +87,8 @@ def parse_airflow_conn(conn_id: str, value: str) -> ConnInfo:
     parts = urlsplit(value)
     scheme = parts.scheme.replace("-", "_")
     conn_type = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis"}.get(scheme, scheme)
-    extra: dict[str, Any] = dict(parse_qsl(parts.query))
-    host = extra.pop("host", None) or parts.hostname
+    query: dict[str, Any] = dict(parse_qsl(parts.query))
+    host = query.pop("host", None) or parts.hostname
     return ConnInfo(
         conn_id=conn_id,
         conn_type=conn_type,
@@ -97,7 +97,7 @@ def parse_airflow_conn(conn_id: str, value: str) -> ConnInfo:
         login=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         schema=unquote(parts.path.lstrip("/")) or None,
-        extra=extra,
+        extra=query,
     )
 
 
