@@ -106,11 +106,19 @@ class _Context:
         for name, g in plan.groups.items():
             for up in g.depends_on:
                 self.downstream.setdefault(up, []).append(name)
-        # Explicit values: the DAG constructor would otherwise read each from the config per DAG.
+        # Explicit values: the DAG constructor would otherwise read each from the config per DAG,
+        # which costs more than the rest of a small DAG together.
+        from airflow.sdk import conf
+
         self.dag_kwargs: dict[str, Any] = {
-            "max_active_tasks": 16,
-            "max_consecutive_failed_dag_runs": 0,
+            "max_active_tasks": conf.getint("core", "max_active_tasks_per_dag", fallback=16),
+            "max_consecutive_failed_dag_runs": conf.getint(
+                "core", "max_consecutive_failed_dag_runs_per_dag", fallback=0
+            ),
             "catchup": False,
+            "disable_bundle_versioning": conf.getboolean(
+                "dag_processor", "disable_bundle_versioning", fallback=False
+            ),
         }
 
     def tags(self, kind: str, group: str | None = None) -> list[str]:
@@ -184,9 +192,25 @@ def group_doc(ctx: _Context, group: str, kind: str) -> str:
 # -- builders ------------------------------------------------------------------------------------
 
 
+def _link(up: Any, down: Any) -> None:
+    """``up >> down`` for two plain tasks built in the same ``with DAG`` block.
+
+    ``>>`` re-validates that both tasks share one DAG by hashing the DAG object (a hash over
+    all its attributes) on every edge; for a factory building thousands of edges per parse that
+    check costs more than the edge. Mapped tasks take the normal path.
+    """
+    from airflow.sdk import BaseOperator
+
+    if isinstance(up, BaseOperator) and isinstance(down, BaseOperator) and up.dag is down.dag:
+        up.downstream_task_ids.add(down.node_id)
+        down.upstream_task_ids.add(up.node_id)
+    else:
+        up >> down
+
+
 def build_migrate_dag(ctx: _Context, group: str) -> DAG:
-    """gate → deploy → schema parity → shadow → soak → point in time → [load test] →
-    (ramp → bake)* → warm → keep warm → ready to decommission; rollback on a failed bake."""
+    """gate → deploy → schema parity (enters shadow) → shadow → soak → point in time → [load test] →
+    (ramp → bake)* → keep warm (enters warm) → ready to decommission; rollback on a failed bake."""
     from airflow.sdk import DAG, AssetAll, TriggerRule
 
     from airflow_fsmigration.operators.backfill import PointInTimeValidationOperator
@@ -244,13 +268,7 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
             **common,
         )
         deploy = DeployDefinitionOperator(task_id="deploy", **common)
-        parity = SchemaParityOperator(task_id="schema_parity", **common)
-        enter_shadow = RegistryTransitionOperator(
-            task_id="enter_shadow",
-            phase="shadow",
-            reason="definition deployed, schema parity passed",
-            **common,
-        )
+        parity = SchemaParityOperator(task_id="schema_parity", enter_shadow=True, **common)
         shards = opts.shards_for(group)
         if shards > 1:
             shadow: Any = ShadowCompareOperator.partial(
@@ -266,7 +284,7 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
             **common,
         )
         pit = PointInTimeValidationOperator(task_id="point_in_time", **common)
-        chain_ = [gate, deploy, parity, enter_shadow, shadow, soak, pit]
+        chain_ = [gate, deploy, parity, shadow, soak, pit]
         if plan.is_high_traffic(g):
             chain_.append(LoadTestOperator(task_id="load_test", **common))
         bakes = []
@@ -288,9 +306,6 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
             )
             chain_ += [ramp, bake]
             bakes.append(bake)
-        enter_warm = RegistryTransitionOperator(
-            task_id="enter_warm", phase="warm", reason="cutover baked: keep the old store warm", **common
-        )
         keep_warm = KeepWarmSensor(
             task_id="keep_warm",
             poke_interval=warm_poll,
@@ -304,16 +319,17 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
             reason="keep-warm window passed with warmth verified every day",
             **common,
         )
-        chain_ += [enter_warm, keep_warm, ready]
+        chain_ += [keep_warm, ready]
         for up, down in itertools.pairwise(chain_):
-            up >> down
+            _link(up, down)
         rollback = RollbackOperator(
             task_id="rollback",
             trigger_rule=TriggerRule.ONE_FAILED,
             breach_task_ids=[b.task_id for b in bakes],
             **common,
         )
-        bakes >> rollback
+        for bake in bakes:
+            _link(bake, rollback)
     return dag
 
 
@@ -415,7 +431,7 @@ def build_backfill_dag(ctx: _Context, group: str) -> DAG:
             **common,
         )
         replay = BackfillReplayOperator(task_id="replay", form_task_id="validate_form", **common)
-        validate >> replay
+        _link(validate, replay)
     return dag
 
 

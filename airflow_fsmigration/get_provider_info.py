@@ -56,8 +56,5 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_fsmigration.triggers.gates"],
             }
         ],
-        "extra-links": [
-            "airflow_fsmigration.links.ReportLink",
-            "airflow_fsmigration.links.RegistryAuditLink",
-        ],
+        "extra-links": ["airflow_fsmigration.links.ReportLink"],
     }

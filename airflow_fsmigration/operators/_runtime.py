@@ -162,6 +162,42 @@ def deploy(plan: MigrationPlan, group: str, hook: MigrationHook) -> dict[str, An
     return {"group": group, "view": plan.view_name(group), "columns": columns}
 
 
+def schema_parity(
+    plan: MigrationPlan, group: str, hook: MigrationHook, *, sample_size: int = 1000, run_id: str = "run"
+) -> dict[str, Any]:
+    """GX schema-parity suite: plan columns present in the new view, faithful types, null handling.
+
+    Null handling is judged on a small unrecorded comparison of ``sample_size`` entities
+    (0 skips it and checks names and types only).
+    """
+    from airflow_fsmigration.compare.gx import schema_parity as gx_schema_parity
+    from airflow_fsmigration.compare.shadow import run_shadow
+
+    g = plan.groups[group]
+    with new_store(plan, hook) as store:
+        columns = store.columns(group)
+        result = None
+        if sample_size > 0:
+            result = run_shadow(plan, group, old_source(plan, hook), store, sample_size=sample_size)
+    docs = reports_dir() / group / "gx" / "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    verdict = gx_schema_parity(g, columns, result=result, docs_dir=docs)
+    data = verdict.to_dict()
+    failed = [r for r in data["results"] if not r.get("success")]
+    return {
+        "group": group,
+        "passed": bool(verdict.success),
+        "verdict": data["verdict"],
+        "columns": columns,
+        "problems": [
+            f"{r.get('column') or r.get('expectation')}: {r.get('observed_value')}"
+            for r in failed
+            if r.get("column")
+        ],
+        "summary": f"{len(failed)} failed expectation(s)" if failed else "schema parity passed",
+        "gx": data,
+    }
+
+
 # -- load test ------------------------------------------------------------------------------
 
 
@@ -172,16 +208,43 @@ def load_test(
     *,
     multiplier: float | None = None,
     duration_seconds: float | None = None,
-    log: Any = log,
+    max_entities: int = 10_000,
 ) -> dict[str, Any]:
-    from airflow_fsmigration.serving.loadtest import run_load_test
+    """Drive the new store through the router's read path at ``multiplier`` x peak QPS.
 
-    report = run_load_test(
-        plan,
-        group,
-        old_url=hook.redis_url(),
-        new_url=hook.postgres_url("new_store"),
-        multiplier=multiplier,
-        duration=duration_seconds,
-    )
-    return report.as_dict() if hasattr(report, "as_dict") else dict(report)
+    Reads go to the new store explicitly (``backend="new"``), so no real traffic is routed to it.
+    """
+    from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
+    from airflow_fsmigration.serving.loadtest import load_test_for_group, run_load_test
+    from airflow_fsmigration.serving.router import FeatureRouter
+
+    g = plan.groups[group]
+    with new_store(plan, hook) as store:
+        ids = store.entity_ids(g, limit=max_entities)
+    if not ids:
+        raise RuntimeError(
+            f"group {group}: the new store's view {plan.view_name(group)} has no entities to load-test "
+            f"(connection '{plan.connections.new_store}')"
+        )
+    client = hook.redis_client()
+    new = PostgresBackend(hook.postgres_url("new_store"), plan)
+    router = FeatureRouter(client, LegacyRedisBackend.from_plan(client, plan), new, plan=plan, listen=False)
+    try:
+        if multiplier is None:
+            result = load_test_for_group(router, plan, group, ids, duration_s=duration_seconds)
+        else:
+            s = plan.settings_for(group)
+            result = run_load_test(
+                router,
+                group,
+                ids,
+                target_qps=multiplier * g.qps.peak,
+                duration_s=duration_seconds or s.load_test_duration.total_seconds(),
+                sla_p99_ms=g.sla.p99_ms,
+                max_error_rate_pct=s.rollback_triggers.error_rate_pct,
+            )
+    finally:
+        router.close()  # closes both backends
+        client.close()
+    log.info("%s", result.summary())
+    return result.as_dict()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.links import ReportLink
-from airflow_fsmigration.operators.base import FsMigrationBaseOperator
+from airflow_fsmigration.operators.base import FsMigrationBaseOperator, init_base
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -112,7 +112,7 @@ class ValidateBackfillFormOperator(FsMigrationBaseOperator):
     def __init__(
         self, *, start: Any, end: Any, cadence: Any = None, spine_table: Any = None, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.start, self.end, self.cadence, self.spine_table = start, end, cadence, spine_table
 
     def run(self, context: Context) -> Any:
@@ -149,7 +149,7 @@ class BackfillReplayOperator(FsMigrationBaseOperator):
     def __init__(
         self, *, form_task_id: str = "validate_form", run_id: str | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.form_task_id = form_task_id
         self.run_id = run_id
         self.report_url: str | None = None
@@ -208,7 +208,7 @@ class PointInTimeValidationOperator(FsMigrationBaseOperator):
     ui_color = "#e0d7f5"
 
     def __init__(self, *, samples: int | str = 1000, days: float | str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.samples = samples
         self.days = days
         self.report_url: str | None = None

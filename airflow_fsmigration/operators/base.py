@@ -7,6 +7,7 @@ Results go to XCom as plain JSON with every resolved password removed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -116,6 +117,37 @@ class PlanResources:
         hook = self.__dict__.get("hook")
         if hook is not None:
             hook.close()
+
+
+# The undecorated ``BaseOperator.__init__`` and the arguments it takes (see init_base).
+_BASE_INIT: Any = BaseOperator.__init__.__wrapped__  # type: ignore[attr-defined]
+_BASE_ARGS = frozenset(inspect.signature(_BASE_INIT).parameters) - {"self"}
+
+
+def init_base(
+    op: BaseOperator, kwargs: dict[str, Any], base_init: Any = None, base_args: frozenset[str] = _BASE_ARGS
+) -> None:
+    """Initialise ``op`` as ``FsMigrationBaseOperator.__init__`` would, with one ``apply_defaults`` pass.
+
+    Airflow wraps every operator class's ``__init__`` in ``apply_defaults``, which merges the
+    DAG's default args and deep-copies its params once per class layer. The factory builds
+    thousands of tasks per parse, so a subclass calls this instead of ``super().__init__``: its own
+    layer has already merged params and default args (they arrive in ``kwargs``), so the
+    undecorated base ``__init__`` is called directly, after filling the base operator's arguments
+    from ``default_args`` exactly as the skipped layer would have.
+    """
+    try:
+        plan_path = kwargs.pop("plan_path")
+    except KeyError:
+        raise TypeError(f"{type(op).__name__}: missing keyword argument 'plan_path'") from None
+    group = kwargs.pop("group", None)
+    default_args = kwargs.pop("default_args", None) or {}
+    for key, value in default_args.items():
+        if key in base_args and key not in kwargs:
+            kwargs[key] = value
+    (base_init or _BASE_INIT)(op, default_args=default_args, **kwargs)
+    op.plan_path = plan_path  # type: ignore[attr-defined]
+    op.group = group  # type: ignore[attr-defined]
 
 
 class FsMigrationBaseOperator(PlanResources, BaseOperator):

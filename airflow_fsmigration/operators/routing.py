@@ -10,12 +10,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.operators.base import FsMigrationBaseOperator, actor_of, dag_run_ref
+from airflow_fsmigration.operators.base import FsMigrationBaseOperator, actor_of, dag_run_ref, init_base
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 BREACH_XCOM_KEY = "breach"
+
+
+def move_to_phase(op: Any, context: Context, phase: str, reason: str) -> dict[str, Any]:
+    """Move ``op.group`` to ``phase`` unless it is there already (re-runs are no-ops)."""
+    from airflow_fsmigration.registry.model import Phase
+
+    target = Phase(phase)
+    current = op.registry.state(op.group)
+    if current.phase is target:
+        op.log.info("group %s is already %s: nothing to do", op.group, current.describe())
+        return {
+            "group": op.group,
+            "phase": current.phase.value,
+            "ramp_pct": current.ramp_pct,
+            "changed": False,
+        }
+    state = op.registry.transition(
+        op.group, target, actor=actor_of(context), reason=reason, dag_run=dag_run_ref(context)
+    )
+    return {"group": op.group, "phase": state.phase.value, "ramp_pct": state.ramp_pct, "changed": True}
 
 
 class RegistryTransitionOperator(FsMigrationBaseOperator):
@@ -29,26 +49,13 @@ class RegistryTransitionOperator(FsMigrationBaseOperator):
     ui_color = "#fdf2d0"
 
     def __init__(self, *, phase: str, reason: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.phase = phase
         self.reason = reason
 
     def run(self, context: Context) -> Any:
-        from airflow_fsmigration.registry.model import Phase
-
-        target = Phase(self.phase)
-        current = self.registry.state(self.group)
-        if current.phase is target:
-            self.log.info("group %s is already %s: nothing to do", self.group, current.describe())
-            return {"group": self.group, "phase": current.phase.value, "changed": False}
-        state = self.registry.transition(
-            self.group,
-            target,
-            actor=actor_of(context),
-            reason=self.reason or f"{context['ti'].task_id} in {context['ti'].dag_id}",
-            dag_run=dag_run_ref(context),
-        )
-        return {"group": self.group, "phase": state.phase.value, "ramp_pct": state.ramp_pct, "changed": True}
+        reason = self.reason or f"{context['ti'].task_id} in {context['ti'].dag_id}"
+        return move_to_phase(self, context, self.phase, reason)
 
 
 class RampStepOperator(FsMigrationBaseOperator):
@@ -64,7 +71,7 @@ class RampStepOperator(FsMigrationBaseOperator):
     ui_color = "#d7f0dd"
 
     def __init__(self, *, percent: int | str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.percent = percent
 
     def run(self, context: Context) -> Any:
@@ -116,7 +123,7 @@ class RollbackOperator(FsMigrationBaseOperator):
     def __init__(
         self, *, reason: str | None = None, breach_task_ids: Sequence[str] = (), **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.reason = reason
         self.breach_task_ids = list(breach_task_ids)
 
@@ -182,7 +189,7 @@ class FreezeOperator(FsMigrationBaseOperator):
     ui_color = "#e2e3f3"
 
     def __init__(self, *, reason: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.reason = reason
 
     def run(self, context: Context) -> Any:
@@ -220,9 +227,10 @@ class LoadTestOperator(FsMigrationBaseOperator):
         duration_seconds: float | str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.multiplier = multiplier
         self.duration_seconds = duration_seconds
+        self.report_url: str | None = None
 
     def run(self, context: Context) -> Any:
         from airflow_fsmigration.operators._runtime import load_test

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.links import ReportLink
-from airflow_fsmigration.operators.base import FsMigrationBaseOperator
+from airflow_fsmigration.operators.base import FsMigrationBaseOperator, init_base
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -58,7 +58,7 @@ class ShadowCompareOperator(FsMigrationBaseOperator):
         fail_on_mismatch: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         if num_shards < 1:
             raise ValueError(f"num_shards must be at least 1, got {num_shards}")
         self.shard = shard
@@ -139,7 +139,7 @@ class ActiveGroupsOperator(FsMigrationBaseOperator):
     ui_color = "#fdf2d0"
 
     def __init__(self, *, phases: Sequence[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        init_base(self, kwargs)
         self.phases = tuple(phases) if phases else ("shadow", "ramping", "cutover", "warm")
 
     def run(self, context: Context) -> Any:

@@ -12,13 +12,14 @@ pushing the evidence to XCom (key ``gate``; bakes also push key ``breach`` for t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseSensorOperator, conf
 
-from airflow_fsmigration.operators.base import PlanResources, to_json
+from airflow_fsmigration.operators.base import PlanResources, init_base, to_json
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -31,6 +32,19 @@ BREACH_XCOM_KEY = "breach"
 
 def _default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+_SENSOR_INIT: Any = BaseSensorOperator.__init__.__wrapped__  # type: ignore[attr-defined]
+_SENSOR_ARGS = frozenset(inspect.signature(_SENSOR_INIT).parameters) - {"self"}
+
+
+def init_sensor(op: BaseSensorOperator, kwargs: dict[str, Any]) -> None:
+    """``FsMigrationGateSensor.__init__`` with one ``apply_defaults`` pass less (see ``init_base``)."""
+    deferrable = kwargs.pop("deferrable", None)
+    if "group" not in kwargs:
+        raise TypeError(f"{type(op).__name__}: missing keyword argument 'group'")
+    init_base(op, kwargs, base_init=_SENSOR_INIT, base_args=_SENSOR_ARGS)
+    op.deferrable = _default_deferrable() if deferrable is None else deferrable  # type: ignore[attr-defined]
 
 
 class FsMigrationGateSensor(PlanResources, BaseSensorOperator):
@@ -127,7 +141,7 @@ class UpstreamCutoverSensor(FsMigrationGateSensor):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("deferrable", False)
-        super().__init__(**kwargs)
+        init_sensor(self, kwargs)
 
     def check(self) -> GateCheck:
         from airflow_fsmigration.triggers.checks import check_upstream
@@ -163,7 +177,7 @@ class BakeSensor(FsMigrationGateSensor):
     ui_color = "#ffe5b4"
 
     def __init__(self, *, percent: int | str, inconclusive_grace: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        init_sensor(self, kwargs)
         self.percent = percent
         self.inconclusive_grace = inconclusive_grace
         self.windows: dict[str, str] = {}
@@ -214,9 +228,16 @@ class BakeSensor(FsMigrationGateSensor):
 class KeepWarmSensor(FsMigrationGateSensor):
     """Check every interval that the old store is still refreshed, until the keep-warm window passed.
 
-    Each check is recorded in the registry; the window passes only with warmth verified in every
-    day of it, which is what allows ``ready_to_decommission``.
+    First moves the group from ``cutover`` to ``warm`` (which starts the window; a no-op when it
+    is already warm). Each check is recorded in the registry; the window passes only with
+    warmth verified in every day of it, which is what allows ``ready_to_decommission``.
     """
+
+    def prepare(self, context: Context) -> None:
+        from airflow_fsmigration.operators.routing import move_to_phase
+
+        if self.registry.state(self.group).phase.value == "cutover":
+            move_to_phase(self, context, "warm", "cutover baked: keep the old store warm")
 
     def check(self) -> GateCheck:
         from airflow_fsmigration.triggers.checks import check_keep_warm
