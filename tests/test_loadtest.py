@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
 
 from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
-from airflow_fsmigration.serving.loadtest import LoadTestOutcome, load_test_for_group, run_load_test
-from airflow_fsmigration.serving.router import FeatureRouter
+from airflow_fsmigration.serving.loadtest import (
+    LoadTestOutcome,
+    load_test_for_group,
+    run_load_test,
+    run_load_test_processes,
+)
+from airflow_fsmigration.serving.router import FeatureRouter, build_router
 from tests.test_serving_router import GROUP, seed_stores
 
 
@@ -122,3 +128,34 @@ def test_fails_on_errors_and_runs_the_plan_target(demo_plan):
     assert ok.outcome is LoadTestOutcome.PASS, ok.summary()
     with pytest.raises(KeyError, match="no group 'nope'"):
         load_test_for_group(flaky, demo_plan, "nope", ["m1"], duration_s=1.0)
+
+
+@pytest.mark.integration
+def test_processes_share_one_schedule_through_real_routers(demo_plan, redis_client, redis_url, pg_url):
+    from tests.conftest import DEMO_PLAN
+
+    ids = seed_stores(demo_plan, redis_client, pg_url, 100)
+    factory = functools.partial(
+        build_router, str(DEMO_PLAN), redis_url, pg_url, listen=False, stats_flush_s=0
+    )
+    result = run_load_test_processes(
+        factory, GROUP, ids, target_qps=100, duration_s=1.0, sla_p99_ms=500, processes=2, concurrency=4
+    )
+    assert result.outcome is LoadTestOutcome.PASS, result.summary()
+    assert (result.planned, result.completed, result.errors, result.processes) == (100, 100, 0, 2)
+    assert result.achieved_qps >= 95
+
+
+@pytest.mark.unit
+def test_processes_that_cannot_start_make_the_run_inconclusive():
+    result = run_load_test_processes(
+        functools.partial(int, "not a number"),
+        "g",
+        ["a"],
+        target_qps=10,
+        duration_s=0.5,
+        sla_p99_ms=50,
+        processes=2,
+    )
+    assert result.outcome is LoadTestOutcome.INCONCLUSIVE
+    assert "target_factory failed: ValueError" in result.message

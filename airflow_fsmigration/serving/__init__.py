@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "FeatureRouter": "airflow_fsmigration.serving.router",
     "ServingError": "airflow_fsmigration.serving.router",
+    "build_router": "airflow_fsmigration.serving.router",
     "LegacyRedisBackend": "airflow_fsmigration.serving.backends",
     "PostgresBackend": "airflow_fsmigration.serving.backends",
     "BackendStats": "airflow_fsmigration.serving.stats",
@@ -25,6 +26,7 @@ _LAZY = {
     "LoadTestOutcome": "airflow_fsmigration.serving.loadtest",
     "LoadTestResult": "airflow_fsmigration.serving.loadtest",
     "run_load_test": "airflow_fsmigration.serving.loadtest",
+    "run_load_test_processes": "airflow_fsmigration.serving.loadtest",
     "load_test_for_group": "airflow_fsmigration.serving.loadtest",
 }
 
@@ -39,10 +41,12 @@ __all__ = [
     "ServingError",
     "StatsRecorder",
     "bucket_of",
+    "build_router",
     "load_test_for_group",
     "read_window",
     "routes_to_new",
     "run_load_test",
+    "run_load_test_processes",
 ]
 
 if TYPE_CHECKING:
@@ -53,8 +57,9 @@ if TYPE_CHECKING:
         LoadTestResult,
         load_test_for_group,
         run_load_test,
+        run_load_test_processes,
     )
-    from airflow_fsmigration.serving.router import FeatureRouter, ServingError
+    from airflow_fsmigration.serving.router import FeatureRouter, ServingError, build_router
     from airflow_fsmigration.serving.routing import RouteState
     from airflow_fsmigration.serving.stats import BackendStats, StatsRecorder, read_window
 

@@ -68,6 +68,7 @@ class LoadTestResult:
     max_error_rate_pct: float
     concurrency: int
     batch_size: int
+    processes: int = 1
 
     @property
     def error_rate(self) -> float:
@@ -119,6 +120,219 @@ def _histogram(values: list[int]) -> Any:
     return h
 
 
+@dataclass
+class _Drive:
+    """What one generator (a process) measured; histograms HDR-encoded so they cross processes."""
+
+    planned: int
+    completed: int
+    errors: int
+    first_error: str | None
+    last_start_rel: float  # seconds from t0 to the last send
+    latency_hdr: bytes
+    service_hdr: bytes
+    lag_hdr: bytes
+
+
+def _drive(
+    fn: Callable[[Sequence[str]], Any],
+    ids: list[str],
+    *,
+    group: str,
+    planned_total: int,
+    interval: float,
+    duration_s: float,
+    grace_s: float,
+    concurrency: int,
+    batch_size: int,
+    t0_wall: float,
+    offset: int = 0,
+    stride: int = 1,
+) -> _Drive:
+    """Issue requests ``offset, offset + stride, ...`` of the global schedule, open loop."""
+    n_ids = len(ids)
+    planned = len(range(offset, planned_total, stride))
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[int] = []
+    services: list[int] = []
+    lags: list[int] = []
+    errors = [0]
+    first_error: list[str] = []
+    last_start = [0.0]
+    perf = time.perf_counter
+    sleep = time.sleep
+    t0 = perf() + (t0_wall - time.time())
+    hard_stop = t0 + duration_s + grace_s
+
+    def worker() -> None:
+        lat_l: list[int] = []
+        svc_l: list[int] = []
+        lag_l: list[int] = []
+        errs = 0
+        err_text = None
+        started = 0.0
+        while True:
+            j = next(counter)
+            if j >= planned:
+                break
+            i = offset + j * stride
+            due = t0 + i * interval
+            now = perf()
+            if now > hard_stop:
+                break
+            if due > now:
+                sleep(due - now)
+            start = started = perf()
+            if batch_size == 1:
+                batch: Sequence[str] = (ids[i % n_ids],)
+            else:
+                batch = [ids[(i * batch_size + k) % n_ids] for k in range(batch_size)]
+            try:
+                fn(batch)
+            except Exception as exc:
+                errs += 1
+                if err_text is None:
+                    err_text = f"{type(exc).__name__}: {exc}"
+            end = perf()
+            lat_l.append(int((end - due) * 1e6))
+            svc_l.append(int((end - start) * 1e6))
+            lag_l.append(int(max(start - due, 0.0) * 1e6))
+        with lock:
+            latencies.extend(lat_l)
+            services.extend(svc_l)
+            lags.extend(lag_l)
+            errors[0] += errs
+            if err_text and not first_error:
+                first_error.append(err_text)
+            last_start[0] = max(last_start[0], started)
+
+    threads = [
+        threading.Thread(target=worker, name=f"fsmig-load-{k}", daemon=True) for k in range(concurrency)
+    ]
+    for t in threads:
+        t.start()
+    next_log = time.monotonic() + 5
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=0.5)
+            if time.monotonic() >= next_log:
+                issued = min(next(counter), planned)
+                elapsed = max(perf() - t0, 1e-9)
+                log.info(
+                    "load test %s: %d/%d requests issued, %.0f QPS, ETA %.0f s",
+                    group,
+                    issued,
+                    planned,
+                    issued / elapsed,
+                    max(t0 + duration_s - perf(), 0),
+                )
+                next_log = time.monotonic() + 5
+    return _Drive(
+        planned=planned,
+        completed=len(latencies),
+        errors=errors[0],
+        first_error=first_error[0] if first_error else None,
+        last_start_rel=(last_start[0] - t0) if latencies else 0.0,
+        latency_hdr=_histogram(latencies).encode(),
+        service_hdr=_histogram(services).encode(),
+        lag_hdr=_histogram(lags).encode(),
+    )
+
+
+def _judge(
+    drives: list[_Drive],
+    *,
+    group: str,
+    target_qps: float,
+    duration_s: float,
+    sla_p99_ms: float,
+    max_error_rate_pct: float,
+    rate_tolerance: float,
+    concurrency: int,
+    batch_size: int,
+    processes: int,
+) -> LoadTestResult:
+    lat_h, svc_h, lag_h = new_histogram(), new_histogram(), new_histogram()
+    for d in drives:
+        lat_h.decode_and_add(d.latency_hdr)
+        svc_h.decode_and_add(d.service_hdr)
+        lag_h.decode_and_add(d.lag_hdr)
+    planned = sum(d.planned for d in drives)
+    completed = sum(d.completed for d in drives)
+    errors = sum(d.errors for d in drives)
+    first_error = next((d.first_error for d in drives if d.first_error), None)
+    interval = 1.0 / target_qps
+    # The rate the generator issued at: requests over the time to the last send (plus one interval,
+    # so a schedule met exactly gives the target). Latency of the last answers does not count here.
+    elapsed = max(max(d.last_start_rel for d in drives) + interval, 1e-9) if completed else duration_s
+    achieved = completed / elapsed
+    p99, svc_p99 = _pct(lat_h, 99), _pct(svc_h, 99)
+    error_rate_pct = errors / completed * 100 if completed else 0.0
+    reached = completed == planned and achieved >= (1 - rate_tolerance) * target_qps
+    workers = f"{concurrency} workers" + (f" x {processes} processes" if processes > 1 else "")
+
+    if completed and svc_p99 is not None and svc_p99 > sla_p99_ms:
+        outcome, message = (
+            LoadTestOutcome.FAIL,
+            f"p99 service time {svc_p99:.2f} ms is over the {sla_p99_ms:g} ms SLA even before queueing",
+        )
+    elif completed and error_rate_pct > max_error_rate_pct:
+        outcome, message = (
+            LoadTestOutcome.FAIL,
+            f"error rate {error_rate_pct:.3f}% is over {max_error_rate_pct:g}% (first error: {first_error})",
+        )
+    elif not reached:
+        outcome, message = (
+            LoadTestOutcome.INCONCLUSIVE,
+            f"the generator reached only {achieved:.0f} of {target_qps:.0f} QPS "
+            f"({completed} of {planned} requests with {workers}); the store was not tested "
+            "at the target rate - add workers or processes, or run the generator on more cores/hosts",
+        )
+    elif p99 is not None and p99 > sla_p99_ms:
+        outcome, message = (
+            LoadTestOutcome.FAIL,
+            f"p99 {p99:.2f} ms (from scheduled send time) is over the {sla_p99_ms:g} ms SLA",
+        )
+    else:
+        outcome, message = (
+            LoadTestOutcome.PASS,
+            f"p99 {p99:.2f} ms within the {sla_p99_ms:g} ms SLA at target rate",
+        )
+    result = LoadTestResult(
+        group=group,
+        outcome=outcome,
+        message=message,
+        target_qps=target_qps,
+        achieved_qps=achieved,
+        duration_s=duration_s,
+        elapsed_s=elapsed,
+        planned=planned,
+        completed=completed,
+        errors=errors,
+        p50_ms=_pct(lat_h, 50),
+        p95_ms=_pct(lat_h, 95),
+        p99_ms=p99,
+        max_ms=lat_h.get_max_value() / 1000.0 if completed else None,
+        service_p99_ms=svc_p99,
+        start_lag_p99_ms=_pct(lag_h, 99),
+        sla_p99_ms=sla_p99_ms,
+        max_error_rate_pct=max_error_rate_pct,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        processes=processes,
+    )
+    (log.info if result.passed else log.warning)("%s", result.summary())
+    return result
+
+
+def _check(group: str, target_qps: float, duration_s: float, entity_ids: Sequence[str]) -> None:
+    if target_qps <= 0 or duration_s <= 0:
+        raise ValueError(f"group '{group}': target_qps and duration_s must be positive")
+    if not entity_ids:
+        raise ValueError(f"group '{group}': the load test needs at least one entity id")
+
+
 def run_load_test(
     router_or_read_fn: Any,
     group: str,
@@ -154,72 +368,12 @@ def run_load_test(
         having reached it.
     :param grace_s: how long past ``duration_s`` late requests may still be sent (default
         ``max(1, 20% of duration)``); what is not sent by then makes the run inconclusive.
+    :param seed: shuffles ``entity_ids`` reproducibly.
     """
-    if target_qps <= 0 or duration_s <= 0:
-        raise ValueError(f"group '{group}': target_qps and duration_s must be positive")
-    if not entity_ids:
-        raise ValueError(f"group '{group}': the load test needs at least one entity id")
-    fn = _read_fn(router_or_read_fn, group, backend)
+    _check(group, target_qps, duration_s, entity_ids)
     ids = list(entity_ids)
     random.Random(seed).shuffle(ids)
-    n_ids = len(ids)
     planned = max(1, round(target_qps * duration_s))
-    interval = 1.0 / target_qps
-    grace = max(1.0, 0.2 * duration_s) if grace_s is None else grace_s
-    counter = itertools.count()
-    lock = threading.Lock()
-    latencies: list[int] = []
-    services: list[int] = []
-    lags: list[int] = []
-    errors = [0]
-    first_error: list[str] = []
-    last_start = [0.0]
-    perf = time.perf_counter
-    sleep = time.sleep
-    t0 = perf() + 0.05  # let every worker start before the first due time
-    hard_stop = t0 + duration_s + grace
-
-    def worker() -> None:
-        lat_l: list[int] = []
-        svc_l: list[int] = []
-        lag_l: list[int] = []
-        errs = 0
-        err_text = None
-        started = 0.0
-        while True:
-            i = next(counter)
-            if i >= planned:
-                break
-            due = t0 + i * interval
-            now = perf()
-            if now > hard_stop:
-                break
-            if due > now:
-                sleep(due - now)
-            start = started = perf()
-            if batch_size == 1:
-                batch: Sequence[str] = (ids[i % n_ids],)
-            else:
-                batch = [ids[(i * batch_size + k) % n_ids] for k in range(batch_size)]
-            try:
-                fn(batch)
-            except Exception as exc:
-                errs += 1
-                if err_text is None:
-                    err_text = f"{type(exc).__name__}: {exc}"
-            end = perf()
-            lat_l.append(int((end - due) * 1e6))
-            svc_l.append(int((end - start) * 1e6))
-            lag_l.append(int(max(start - due, 0.0) * 1e6))
-        with lock:
-            latencies.extend(lat_l)
-            services.extend(svc_l)
-            lags.extend(lag_l)
-            errors[0] += errs
-            if err_text and not first_error:
-                first_error.append(err_text)
-            last_start[0] = max(last_start[0], started)
-
     log.info(
         "load test of group %s: %.0f QPS for %.1f s (%d requests, %d workers, %d entities per request)",
         group,
@@ -229,89 +383,201 @@ def run_load_test(
         concurrency,
         batch_size,
     )
-    threads = [
-        threading.Thread(target=worker, name=f"fsmig-load-{k}", daemon=True) for k in range(concurrency)
-    ]
-    for t in threads:
-        t.start()
-    next_log = time.monotonic() + 5
-    for t in threads:
-        while t.is_alive():
-            t.join(timeout=0.5)
-            if time.monotonic() >= next_log:
-                issued = min(next(counter), planned)
-                elapsed = max(perf() - t0, 1e-9)
-                log.info(
-                    "load test %s: %d/%d requests issued, %.0f QPS, ETA %.0f s",
-                    group,
-                    issued,
-                    planned,
-                    issued / elapsed,
-                    max(t0 + duration_s - perf(), 0),
-                )
-                next_log = time.monotonic() + 5
-
-    completed = len(latencies)
-    # The rate the generator issued at: requests over the time to the last send (plus one interval,
-    # so a schedule met exactly gives the target). Latency of the last answers does not count here.
-    elapsed = max(last_start[0] - t0 + interval, 1e-9) if completed else duration_s
-    achieved = completed / elapsed
-    lat_h, svc_h, lag_h = _histogram(latencies), _histogram(services), _histogram(lags)
-    p99, svc_p99 = _pct(lat_h, 99), _pct(svc_h, 99)
-    error_rate_pct = errors[0] / completed * 100 if completed else 0.0
-    reached = completed == planned and achieved >= (1 - rate_tolerance) * target_qps
-
-    if completed and svc_p99 is not None and svc_p99 > sla_p99_ms:
-        outcome, message = (
-            LoadTestOutcome.FAIL,
-            f"p99 service time {svc_p99:.2f} ms is over the {sla_p99_ms:g} ms SLA even before queueing",
-        )
-    elif completed and error_rate_pct > max_error_rate_pct:
-        outcome, message = (
-            LoadTestOutcome.FAIL,
-            f"error rate {error_rate_pct:.3f}% is over {max_error_rate_pct:g}% (first error: {first_error[0]})",
-        )
-    elif not reached:
-        outcome, message = (
-            LoadTestOutcome.INCONCLUSIVE,
-            f"the generator reached only {achieved:.0f} of {target_qps:.0f} QPS "
-            f"({completed} of {planned} requests with {concurrency} workers); the store was not tested "
-            "at the target rate - add workers or run the generator on more cores/hosts",
-        )
-    elif p99 is not None and p99 > sla_p99_ms:
-        outcome, message = (
-            LoadTestOutcome.FAIL,
-            f"p99 {p99:.2f} ms (from scheduled send time) is over the {sla_p99_ms:g} ms SLA",
-        )
-    else:
-        outcome, message = (
-            LoadTestOutcome.PASS,
-            f"p99 {p99:.2f} ms within the {sla_p99_ms:g} ms SLA at target rate",
-        )
-    result = LoadTestResult(
+    drive = _drive(
+        _read_fn(router_or_read_fn, group, backend),
+        ids,
         group=group,
-        outcome=outcome,
-        message=message,
-        target_qps=target_qps,
-        achieved_qps=achieved,
+        planned_total=planned,
+        interval=1.0 / target_qps,
         duration_s=duration_s,
-        elapsed_s=elapsed,
-        planned=planned,
-        completed=completed,
-        errors=errors[0],
-        p50_ms=_pct(lat_h, 50),
-        p95_ms=_pct(lat_h, 95),
-        p99_ms=p99,
-        max_ms=lat_h.get_max_value() / 1000.0 if completed else None,
-        service_p99_ms=svc_p99,
-        start_lag_p99_ms=_pct(lag_h, 99),
-        sla_p99_ms=sla_p99_ms,
-        max_error_rate_pct=max_error_rate_pct,
+        grace_s=max(1.0, 0.2 * duration_s) if grace_s is None else grace_s,
         concurrency=concurrency,
         batch_size=batch_size,
+        t0_wall=time.time() + 0.05,  # let every worker start before the first due time
     )
-    (log.info if result.passed else log.warning)("%s", result.summary())
-    return result
+    return _judge(
+        [drive],
+        group=group,
+        target_qps=target_qps,
+        duration_s=duration_s,
+        sla_p99_ms=sla_p99_ms,
+        max_error_rate_pct=max_error_rate_pct,
+        rate_tolerance=rate_tolerance,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        processes=1,
+    )
+
+
+def _process_main(
+    k: int,
+    factory: Callable[[], Any],
+    backend: str | None,
+    kwargs: dict[str, Any],
+    ready: Any,
+    t0: Any,
+    results: Any,
+) -> None:
+    """One generator process: build its own router (threads and sockets do not cross processes),
+    wait until every process is ready, then run its share of the common schedule."""
+    try:
+        target = factory()
+    except BaseException as exc:
+        results.put((k, f"target_factory failed: {type(exc).__name__}: {exc}"))
+        ready.abort()
+        return
+    try:
+        ready.wait()
+        while t0.value == 0.0:
+            time.sleep(0.001)
+        results.put((k, _drive(_read_fn(target, kwargs["group"], backend), t0_wall=t0.value, **kwargs)))
+    except BaseException as exc:
+        results.put((k, f"{type(exc).__name__}: {exc}"))
+    finally:
+        close = getattr(target, "close", None)
+        if callable(close):
+            close()
+
+
+def run_load_test_processes(
+    target_factory: Callable[[], Any],
+    group: str,
+    entity_ids: Sequence[str],
+    *,
+    target_qps: float,
+    duration_s: float,
+    sla_p99_ms: float,
+    processes: int = 2,
+    concurrency: int = 16,
+    batch_size: int = 1,
+    backend: str | None = "new",
+    max_error_rate_pct: float = 0.1,
+    rate_tolerance: float = 0.05,
+    grace_s: float | None = None,
+    seed: int = 0,
+    startup_s: float = 10.0,
+) -> LoadTestResult:
+    """:func:`run_load_test` from several processes, for rates one Python process cannot issue.
+
+    Each process calls ``target_factory()`` (a picklable zero-argument callable, e.g. a
+    ``functools.partial`` of a module-level function, returning a router or a read function
+    ``fn(group, entity_ids)``), then issues every ``processes``-th request of one global
+    schedule that starts at the same wall-clock instant in all of them; the HDR histograms are
+    merged and judged as one run. A process that fails to start or to report makes the run
+    inconclusive.
+
+    :param startup_s: time allowed for the processes to start and build their targets; the
+        schedule begins once all are ready.
+    """
+    import multiprocessing
+    import queue as queue_mod
+    import threading as _threading
+
+    _check(group, target_qps, duration_s, entity_ids)
+    if processes < 1:
+        raise ValueError(f"group '{group}': processes must be at least 1, got {processes}")
+    ids = list(entity_ids)
+    random.Random(seed).shuffle(ids)
+    planned = max(1, round(target_qps * duration_s))
+    grace = max(1.0, 0.2 * duration_s) if grace_s is None else grace_s
+    log.info(
+        "load test of group %s: %.0f QPS for %.1f s (%d requests) from %d processes x %d workers",
+        group,
+        target_qps,
+        duration_s,
+        planned,
+        processes,
+        concurrency,
+    )
+    common = {
+        "ids": ids,
+        "group": group,
+        "planned_total": planned,
+        "interval": 1.0 / target_qps,
+        "duration_s": duration_s,
+        "grace_s": grace,
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+        "stride": processes,
+    }
+    ctx = multiprocessing.get_context("spawn")  # no fork: the caller may hold threads and sockets
+    ready = ctx.Barrier(processes + 1)
+    t0 = ctx.Value("d", 0.0)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_process_main,
+            args=(k, target_factory, backend, {**common, "offset": k}, ready, t0, results),
+            name=f"fsmig-load-{k}",
+            daemon=True,
+        )
+        for k in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    drives: list[_Drive] = []
+    problems: list[str] = []
+    try:
+        try:
+            ready.wait(timeout=startup_s)
+        except _threading.BrokenBarrierError:
+            problems.append(f"the generator processes were not ready within {startup_s:g} s")
+        else:
+            t0.value = time.time() + 0.05
+        deadline = time.monotonic() + startup_s + duration_s + grace + 60
+        while len(drives) + len(problems) < processes and time.monotonic() < deadline:
+            try:
+                _, item = results.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not any(proc.is_alive() for proc in procs) and results.empty():
+                    break
+                continue
+            if isinstance(item, _Drive):
+                drives.append(item)
+            else:
+                problems.append(item)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+    if problems or len(drives) < processes:
+        detail = "; ".join(problems) or f"only {len(drives)} of {processes} processes reported"
+        return LoadTestResult(
+            group=group,
+            outcome=LoadTestOutcome.INCONCLUSIVE,
+            message=f"the load generator did not run as planned ({detail}); nothing was measured at the target rate",
+            target_qps=target_qps,
+            achieved_qps=0.0,
+            duration_s=duration_s,
+            elapsed_s=0.0,
+            planned=planned,
+            completed=sum(d.completed for d in drives),
+            errors=sum(d.errors for d in drives),
+            p50_ms=None,
+            p95_ms=None,
+            p99_ms=None,
+            max_ms=None,
+            service_p99_ms=None,
+            start_lag_p99_ms=None,
+            sla_p99_ms=sla_p99_ms,
+            max_error_rate_pct=max_error_rate_pct,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            processes=processes,
+        )
+    return _judge(
+        drives,
+        group=group,
+        target_qps=target_qps,
+        duration_s=duration_s,
+        sla_p99_ms=sla_p99_ms,
+        max_error_rate_pct=max_error_rate_pct,
+        rate_tolerance=rate_tolerance,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        processes=processes,
+    )
 
 
 def load_test_for_group(
@@ -321,12 +587,15 @@ def load_test_for_group(
     entity_ids: Sequence[str],
     *,
     duration_s: float | None = None,
+    processes: int = 1,
     **kwargs: Any,
 ) -> LoadTestResult:
     """Run the plan's load test for ``group``: ``load_test_multiplier`` x peak QPS for
     ``load_test_duration``, against the group's p99 SLA and error-rate trigger.
 
-    ``duration_s`` overrides the plan's duration (tests and demos use seconds).
+    ``duration_s`` overrides the plan's duration (tests and demos use seconds). With
+    ``processes > 1``, ``router_or_read_fn`` is a picklable factory as for
+    :func:`run_load_test_processes`.
     """
     if group not in plan.groups:
         raise KeyError(
@@ -338,6 +607,17 @@ def load_test_for_group(
     if target <= 0:
         raise ValueError(f"group '{group}': qps.peak is 0 in the plan, so there is no rate to load-test")
     kwargs.setdefault("max_error_rate_pct", settings.rollback_triggers.error_rate_pct)
+    if processes > 1:
+        return run_load_test_processes(
+            router_or_read_fn,
+            group,
+            entity_ids,
+            target_qps=target,
+            duration_s=duration_s if duration_s is not None else settings.load_test_duration.total_seconds(),
+            sla_p99_ms=g.sla.p99_ms,
+            processes=processes,
+            **kwargs,
+        )
     return run_load_test(
         router_or_read_fn,
         group,

@@ -606,3 +606,39 @@ def _values_match(feature: Any, a: Any, b: Any) -> bool:
             return math.isnan(fa) and math.isnan(fb)
         return abs(fa - fb) <= atol + rtol * abs(fb)
     return a == b
+
+
+def build_router(
+    plan: MigrationPlan | str | os.PathLike[str],
+    redis_url: str,
+    new_store_url: str,
+    *,
+    socket_timeout_s: float = 1.0,
+    pool_size: int = 4,
+    statement_timeout_ms: int = 2000,
+    **kwargs: Any,
+) -> FeatureRouter:
+    """A router over the plan's legacy Redis and a Postgres-wire new store, from URLs.
+
+    For model servers that are configured by URL, for tools, and as a picklable factory
+    (``functools.partial(build_router, plan_path, redis_url, pg_url)``) for multi-process load
+    tests. ``kwargs`` go to :class:`FeatureRouter`.
+    """
+    import redis
+
+    from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
+
+    if not hasattr(plan, "groups"):
+        from airflow_fsmigration.plan import load_plan
+
+        plan = load_plan(plan)
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+    )
+    return FeatureRouter(
+        client,
+        LegacyRedisBackend.from_plan(client, plan),
+        PostgresBackend(new_store_url, plan, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms),
+        plan=plan,
+        **kwargs,
+    )
