@@ -1,0 +1,306 @@
+"""Feast's wire formats decoded without Feast, and the plan draft, checked without a Feast install.
+
+The reference encoder is protobuf itself, with a vendored copy of the scalar part of
+``feast/types/Value.proto`` (same field numbers), so the bulk decoder is checked against the
+library that Feast uses to write the values.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+from airflow_fsmigration import feast_import as fi
+from airflow_fsmigration.stores import feast_online as fo
+
+pytestmark = pytest.mark.unit
+
+
+def _value_class():
+    """``feast.types.Value`` (scalar fields, a list field and null_val) built from a descriptor."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FileDescriptorProto(
+        name="fsmig_test_value.proto", package="fsmigtest", syntax="proto3"
+    )
+    null = f.enum_type.add(name="Null")
+    null.value.add(name="NULL", number=0)
+    lst = f.message_type.add(name="Int64List")
+    lst.field.add(name="val", number=1, type=3, label=3)
+    msg = f.message_type.add(name="Value")
+    msg.oneof_decl.add(name="val")
+    T = descriptor_pb2.FieldDescriptorProto
+    for name, number, typ, type_name in [
+        ("bytes_val", 1, T.TYPE_BYTES, None),
+        ("string_val", 2, T.TYPE_STRING, None),
+        ("int32_val", 3, T.TYPE_INT32, None),
+        ("int64_val", 4, T.TYPE_INT64, None),
+        ("double_val", 5, T.TYPE_DOUBLE, None),
+        ("float_val", 6, T.TYPE_FLOAT, None),
+        ("bool_val", 7, T.TYPE_BOOL, None),
+        ("unix_timestamp_val", 8, T.TYPE_INT64, None),
+        ("int64_list_val", 14, T.TYPE_MESSAGE, ".fsmigtest.Int64List"),
+        ("null_val", 19, T.TYPE_ENUM, ".fsmigtest.Null"),
+        ("json_val", 32, T.TYPE_STRING, None),
+        ("uuid_val", 36, T.TYPE_STRING, None),
+    ]:
+        field = msg.field.add(name=name, number=number, type=typ, label=1, oneof_index=0)
+        if type_name:
+            field.type_name = type_name
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("fsmigtest.Value"))
+
+
+Value = _value_class()
+
+
+def enc(**kwargs) -> bytes:
+    return Value(**kwargs).SerializeToString()
+
+
+def test_integers_including_negative_int32_and_extremes():
+    ints = [0, 1, -1, 127, 128, 300, -300, 2**31 - 1, -(2**31), 2**62, 2**63 - 1, -(2**63)]
+    raw = [enc(int64_val=v) for v in ints] + [enc(int32_val=v) for v in (5, -5, -(2**31))]
+    out = fo.decode_values(raw, "int64")
+    assert out.to_pylist() == [*ints, 5, -5, -(2**31)]
+
+
+def test_floats_doubles_and_ints_into_float64():
+    raw = [
+        enc(double_val=0.1),
+        enc(float_val=0.1),
+        enc(double_val=-1e300),
+        enc(int64_val=-7),
+        enc(double_val=math.inf),
+    ]
+    out = fo.decode_values(raw, "float64").to_pylist()
+    assert out[0] == 0.1
+    assert out[1] == struct.unpack("<f", struct.pack("<f", 0.1))[0]  # float32, exactly as Feast returns it
+    assert out[2:] == [-1e300, -7.0, math.inf]
+    assert math.isnan(fo.decode_values([enc(double_val=math.nan)], "float64")[0].as_py())
+
+
+def test_nulls_absent_fields_and_null_val_are_arrow_nulls():
+    raw = [None, b"", enc(null_val=0), enc(int64_val=3)]
+    assert fo.decode_values(raw, "int64").to_pylist() == [None, None, None, 3]
+    assert fo.decode_values([None, b"", enc(string_val="x")], "string").to_pylist() == [None, None, "x"]
+
+
+def test_strings_short_long_unicode_and_json():
+    long = "ü" * 300  # a two-byte length varint
+    raw = [enc(string_val=""), enc(string_val="Lisbon"), enc(string_val=long), enc(json_val='{"a": 1}')]
+    raw.append(enc(uuid_val="0b1c"))
+    assert fo.decode_values(raw, "string").to_pylist() == ["", "Lisbon", long, '{"a": 1}', "0b1c"]
+
+
+def test_bools_and_unix_timestamps():
+    assert fo.decode_values([enc(bool_val=True), enc(bool_val=False), None], "bool").to_pylist() == [
+        True,
+        False,
+        None,
+    ]
+    when = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
+    raw = [enc(unix_timestamp_val=int(when.timestamp())), enc(unix_timestamp_val=fo.NULL_TIMESTAMP_INT)]
+    assert fo.decode_values(raw, "timestamp").to_pylist() == [when, None]
+
+
+def test_wrong_or_unsupported_types_raise_naming_the_feature():
+    with pytest.raises(ValueError, match=r"feature 'x'.*int64_list_val|field 14"):
+        fo.decode_values([enc(int64_list_val={"val": [1, 2]})], "int64", what="feature 'x'")
+    with pytest.raises(ValueError, match="string_val, which a int64 column cannot hold"):
+        fo.decode_values([enc(int64_val=1), enc(string_val="a")], "int64")
+    with pytest.raises(ValueError, match="not a single scalar"):
+        fo.decode_values([enc(int64_val=1) + b"\x00"], "int64")
+
+
+def test_event_timestamps_from_protobuf_timestamp():
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    times = [datetime(2026, 11, 25, 1, 2, 3, 456789, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)]
+    raw = []
+    for t in times:
+        ts = Timestamp()
+        ts.FromDatetime(t)
+        raw.append(ts.SerializeToString())
+    raw += [Timestamp().SerializeToString(), None]
+    out, found = fo.decode_timestamps(raw)
+    assert out.to_pylist() == [*times, datetime(1970, 1, 1, tzinfo=UTC), None]
+    assert found.tolist() == [True, True, True, False]
+
+
+def _view(key_type: str) -> fi.FeastView:
+    key = "driver_id" if key_type != "STRING" else "customer_id"
+    return fi.FeastView(
+        name="v", join_keys=(fi.FeastField(key, key_type),), features=(fi.FeastField("f", "INT64"),)
+    )
+
+
+def test_entity_keys_follow_feasts_v3_serialization():
+    # serialize_entity_key(EntityKey(join_keys=["driver_id"], entity_values=[Value(int64_val=1001)]), 3) + project
+    expected = (
+        struct.pack("<I", 1)
+        + struct.pack("<II", 2, 9)
+        + b"driver_id"
+        + struct.pack("<II", 4, 8)
+        + struct.pack("<q", 1001)
+        + b"proj"
+    )
+    assert fo.redis_keys(_view("INT64"), "proj", ["1001"]) == [expected]
+    assert fo.parse_redis_key(_view("INT64"), "proj", expected) == "1001"
+    assert fo.parse_redis_key(_view("INT64"), "other", expected) is None
+    s_expected = (
+        struct.pack("<IIII", 1, 2, 11, 0)[:12]
+        + b"customer_id"
+        + struct.pack("<II", 2, 3)
+        + "cü".encode()
+        + b"p"
+    )
+    assert fo.redis_keys(_view("STRING"), "p", ["cü"]) == [s_expected]
+
+
+@pytest.mark.parametrize(
+    ("key_type", "ids"),
+    [("INT64", ["1", "-5", "0", str(2**63 - 1)]), ("INT32", ["7", "-7"]), ("STRING", ["a", "", "ü" * 40])],
+)
+def test_vectorised_keys_equal_the_reference(key_type, ids):
+    view = _view(key_type)
+    assert fo.redis_key_array(view, "proj", pa.array(ids)).to_pylist() == fo.redis_keys(view, "proj", ids)
+    for key, entity in zip(fo.redis_keys(view, "proj", ids), ids, strict=True):
+        assert fo.parse_redis_key(view, "proj", key) == entity
+
+
+def test_feature_fields_are_feasts_murmur3():
+    import mmh3
+
+    field = fo.mmh3_field("driver_hourly_stats", "conv_rate")
+    assert len(field) == 4
+    assert struct.unpack("<I", field)[0] == mmh3.hash("driver_hourly_stats:conv_rate", signed=False)
+
+
+def test_stale_boundary_is_feasts_ttl_rule():
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    ts = [now - timedelta(days=1), now - timedelta(days=1, microseconds=1), now, None]
+    frame = pa.table(
+        {
+            "entity_id": ["edge", "past", "fresh", "nots"],
+            "_source_ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    assert fo.stale_rows(frame, 86400, now).column("entity_id").to_pylist() == ["past"]
+    assert fo.stale_rows(frame, 0, now).num_rows == 0
+
+
+REPO_DUMP = {
+    "repo": "/repos/rides",
+    "project": "Rides-Prod",
+    "entity_key_serialization_version": 3,
+    "online_store": {"type": "redis", "connection_string": "redis:6379"},
+    "offline_store": {"type": "postgres", "host": "pg", "database": "feast"},
+    "entities": [{"name": "driver", "join_key": "driver_id", "value_type": "INT64"}],
+    "feature_views": [
+        {
+            "name": "driver_stats",
+            "entities": ["driver"],
+            "join_keys": [{"name": "driver_id", "value_type": "INT64"}],
+            "features": [
+                {"name": "conv_rate", "value_type": "FLOAT"},
+                {"name": "trips", "value_type": "INT64"},
+                {"name": "recent_ids", "value_type": "INT64_LIST"},
+            ],
+            "ttl_seconds": 7200,
+            "source": {
+                "name": "src",
+                "kind": "PostgreSQLSource",
+                "timestamp_field": "ts",
+                "created_timestamp_column": None,
+                "field_mapping": {"trips_total": "trips"},
+                "table": "raw.driver_stats",
+                "query": None,
+            },
+        },
+        {
+            "name": "pair_stats",
+            "entities": ["driver", "rider"],
+            "join_keys": [
+                {"name": "driver_id", "value_type": "INT64"},
+                {"name": "rider_id", "value_type": "INT64"},
+            ],
+            "features": [{"name": "n", "value_type": "INT64"}],
+            "ttl_seconds": 0,
+            "source": None,
+        },
+    ],
+    "feature_services": [
+        {
+            "name": "ETA Model",
+            "views": [{"name": "driver_stats", "view": "driver_stats", "features": ["trips"]}],
+        }
+    ],
+    "skipped": {"on_demand_feature_views": ["odfv_x"], "stream_feature_views": []},
+}
+
+
+def test_draft_fails_validation_on_each_marker_then_validates_when_filled(tmp_path):
+    from airflow_fsmigration.plan import PlanError, load_plan
+
+    repo = fi.FeastRepo.from_dict(REPO_DUMP)
+    draft = fi.draft_plan(repo, tmp_path / "plan.yaml")
+    assert [p.name for p in draft.sql_paths] == ["driver_stats.sql"]
+    assert draft.todos == [
+        "sql/driver_stats.sql: write the SELECT for group 'driver_stats'",
+        "groups.driver_stats.sla",
+        "groups.driver_stats.qps",
+    ]
+    assert any("pair_stats" in s and "2 join keys" in s for s in draft.skipped)
+    assert any("recent_ids" in s and "INT64_LIST" in s for s in draft.skipped)
+    assert any("odfv_x" in s for s in draft.skipped)
+    with pytest.raises(PlanError) as exc:
+        load_plan(tmp_path / "plan.yaml")
+    messages = [i.message for i in exc.value.issues]
+    assert len(messages) == 4 and all("TODO(fsmigrate): fill in" in m for m in messages)
+    text = (tmp_path / "plan.yaml").read_text()
+    for placeholder, value in (
+        ("serving p99 latency in ms", "10"),
+        ("e.g. 5m or 1h", "2h"),
+        ("peak reads per second", "500"),
+        ("average reads per second", "100"),
+    ):
+        text = text.replace(f'"TODO(fsmigrate): fill in: {placeholder}"', value)
+    (tmp_path / "plan.yaml").write_text(text)
+    with pytest.raises(PlanError, match=r"driver_stats\.sql: a definition must be exactly one SELECT"):
+        load_plan(tmp_path / "plan.yaml")
+    sql = (tmp_path / "sql" / "driver_stats.sql").read_text().splitlines()
+    suggestion = sql[sql.index(fi.SUGGESTION_MARKER) + 1 :]
+    assert "--   trips_total AS trips," in suggestion  # field_mapping: the source column behind the feature
+    assert "--   AND ts >= :as_of - interval '7200 seconds'  -- Feast TTL 2h" in suggestion
+    (tmp_path / "sql" / "driver_stats.sql").write_text("\n".join(s.removeprefix("-- ") for s in suggestion))
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert plan.name == "rides_prod"
+    group = plan.groups["driver_stats"]
+    assert [(f.name, str(f.dtype), f.rtol) for f in group.features] == [
+        ("conv_rate", "float64", 1e-7),
+        ("trips", "int64", 0.0),
+    ]
+    assert group.models == ("eta_model",) and group.sla.max_staleness == timedelta(hours=2)
+    assert fi.FeastRepo.from_json(draft.registry_path).views.keys() == {"driver_stats", "pair_stats"}
+
+
+def test_versioned_online_views_are_refused_clearly():
+    with pytest.raises(ValueError, match="versioning"):
+        fi.FeastRepo.from_dict({**REPO_DUMP, "online_versioning": True})
+
+
+def test_missing_feast_interpreter_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setenv(fi.FEAST_PYTHON_ENV, str(tmp_path / "nope" / "python"))
+    monkeypatch.setattr(fi, "PROJECT_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(fi.FeastUnavailable, match="make feast-venv"):
+        fi.feast_python()
