@@ -105,7 +105,8 @@ def bench_decision(n: int, reps: int) -> dict[str, float]:
         times = []
         for _ in range(reps):
             t = time.perf_counter_ns()
-            old, new = [], []
+            old: list[str] = []
+            new: list[str] = []
             for e in ids:
                 (new if h(e, signed=False) % 10000 < thr else old).append(e)
             times.append((time.perf_counter_ns() - t) / n)
@@ -426,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pinned_note = "not pinned"
         if pin:
-            os.sched_setaffinity(0, {bench_cpu})
+            os.sched_setaffinity(0, {cpus[0]})
             if rd._proc is not None:
-                os.sched_setaffinity(rd._proc.pid, {server_cpu})
+                os.sched_setaffinity(rd._proc.pid, {cpus[1]})
                 pinned_note = f"benchmark on CPU {bench_cpu}, redis-server on CPU {server_cpu}"
             else:
                 pinned_note = f"benchmark on CPU {bench_cpu} (external redis-server not pinned)"

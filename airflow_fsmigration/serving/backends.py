@@ -114,6 +114,7 @@ def _json_slow(dtype: str) -> Callable[[bytes], Any]:
 def _json_scalar(dtype: str) -> Callable[[bytes], Any]:
     """A JSON-scalar decoder with a fast path for the common spellings (json.loads is ~1 us)."""
     slow = _json_slow(dtype)
+    decode: Callable[[bytes], Any]
     if dtype == "int64":
 
         def decode(value: bytes) -> Any:
@@ -272,7 +273,7 @@ class PostgresBackend:
         self._queries: dict[str, tuple[Any, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
         schema = plan.new_store.schema_name
         for g in plan.groups.values():
-            columns = [sql.SQL("{}::text").format(sql.Identifier(g.entity_key))]
+            columns: list[sql.Composable] = [sql.SQL("{}::text").format(sql.Identifier(g.entity_key))]
             columns += [sql.Identifier(f.name) for f in g.features]
             query = sql.SQL("SELECT {cols} FROM {rel} WHERE {key}::text = ANY(%s)").format(
                 cols=sql.SQL(", ").join(columns),

@@ -11,6 +11,7 @@ entities at 5% is a subset of the one at 50%: an entity that moved stays moved a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from zlib import crc32
 
 BUCKETS = 10_000
@@ -33,7 +34,7 @@ def routes_to_new(entity_id: str, ramp_pct: float) -> bool:
     return crc32(entity_id.encode()) % BUCKETS < threshold_for(ramp_pct)
 
 
-def split(entity_ids: list[str] | tuple[str, ...], threshold: int) -> tuple[list[str], list[str]]:
+def split(entity_ids: Sequence[str], threshold: int) -> tuple[list[str], list[str]]:
     """Partition ids into (old, new) for a bucket threshold from :func:`threshold_for`."""
     old: list[str] = []
     new: list[str] = []

@@ -225,7 +225,7 @@ class FeatureRouter:
         self.shadow_errors = 0
         self.shadow_compared = 0
         self.shadow_mismatched = 0
-        self._mismatch_log_budget = collections.deque(maxlen=20)
+        self._mismatch_log_budget: collections.deque[float] = collections.deque(maxlen=20)
         self._subscribed = threading.Event()
         if share_trips:
             self._start(self._publish_trips, "fsmig-breaker-publish")
@@ -431,6 +431,8 @@ class FeatureRouter:
         t = self._thresholds.get(group)
         if t is None:
             t = self._load(group)
+        old_ids: Sequence[str]
+        new_ids: Sequence[str]
         if t <= 0:
             old_ids, new_ids = entity_ids, ()
         elif t >= BUCKETS:
@@ -628,10 +630,12 @@ def build_router(
 
     from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
 
-    if not hasattr(plan, "groups"):
+    if isinstance(plan, (str, os.PathLike)):
+        from pathlib import Path
+
         from airflow_fsmigration.plan import load_plan
 
-        plan = load_plan(plan)
+        plan = load_plan(Path(plan))
     client = redis.Redis.from_url(
         redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
     )
