@@ -241,6 +241,7 @@ def test_breaker_opens_when_new_store_dies_and_callers_see_no_error(
         window = (datetime.now(UTC) - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
         stats = read_window(redis_client, GROUP, *window)
         assert stats["new"].errors == 3 and stats["new"].count == 4  # 1 good read + 3 failures, then no calls
+        assert stats["new"].rejected == 17  # the breaker sent the remaining requests to the old store
         assert stats["old"].count == 20 and stats["old"].errors == 0
         # The trip was shared: the peer opens without a failure of its own.
         deadline = time.monotonic() + 2

@@ -31,6 +31,7 @@ def test_two_recorders_merge_exact_counts_and_percentiles(redis_client):
     a.record_shadow("user_profile", True)
     a.record_shadow("user_profile", False)
     b.record_shadow("user_profile", True)
+    b.record_rejected("user_profile")
     a.record("other_group", "old", 10)
     assert a.flush() == 801
     assert b.flush() == 501
@@ -46,7 +47,7 @@ def test_two_recorders_merge_exact_counts_and_percentiles(redis_client):
     assert (new.count, new.errors) == (301, 1)
     assert new.p50_ms == pytest.approx(5.0, rel=0.01)
     assert new.max_ms == pytest.approx(80.0, rel=0.01)
-    assert (new.shadow_matches, new.shadow_mismatches) == (2, 1)
+    assert (new.shadow_matches, new.shadow_mismatches, new.rejected) == (2, 1, 1)
     assert read_window(redis_client, "other_group", start, end)["old"].count == 1
 
 

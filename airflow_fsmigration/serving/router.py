@@ -454,6 +454,7 @@ class FeatureRouter:
                     self._record((group, "new", (_now_ns() - start) // 1000, False))
             else:
                 self.fallbacks += len(new_ids)
+                self.stats.record_rejected(group)
                 old_ids = [*old_ids, *new_ids]
         if not old_ids:
             return rows if rows is not None else {}

@@ -5,7 +5,7 @@ so the hot path appends one tuple to a deque. A background thread drains it abou
 second, folds the samples into one HDR histogram per (group, backend) and writes them to Redis:
 
 - ``fsmig:stats:{group}:{bucket}`` (hash): ``{backend}:count``, ``{backend}:errors``,
-  ``{backend}:shadow_match``, ``{backend}:shadow_mismatch`` via HINCRBY, so any number of
+  ``{backend}:shadow_match``, ``{backend}:shadow_mismatch``, ``{backend}:rejected`` via HINCRBY, so any number of
   processes add up without read-modify-write races;
 - ``fsmig:stats:{group}:{bucket}:{backend}:hdr`` (list): one encoded HDR histogram per flush
   (RPUSH), merged by :func:`read_window`;
@@ -75,7 +75,9 @@ class BackendStats:
     ``p50_ms``/``p99_ms``/``max_ms`` are ``None`` when the window holds no sample: "no data" must
     stay distinguishable from "fast" so that a gate reading it says inconclusive, not pass.
     ``count`` includes failed reads; ``error_rate`` is ``errors / count`` (0.0 with no traffic).
-    Shadow counts are kept on the ``new`` backend (shadow reads go to the new store).
+    Shadow counts are kept on the ``new`` backend (shadow reads go to the new store), and so is
+    ``rejected``: requests routed to the new store that its open circuit breaker served from the
+    old one (they are in neither ``count`` nor ``errors``, since no read of the new store happened).
     """
 
     backend: str
@@ -85,6 +87,7 @@ class BackendStats:
     p99_ms: float | None = None
     max_ms: float | None = None
     shadow_matches: int = 0
+    rejected: int = 0
     shadow_mismatches: int = 0
     histogram: HdrHistogram | None = field(default=None, repr=False, compare=False)
 
@@ -112,6 +115,7 @@ class BackendStats:
             "p99_ms": self.p99_ms,
             "max_ms": self.max_ms,
             "shadow_matches": self.shadow_matches,
+            "rejected": self.rejected,
             "shadow_mismatches": self.shadow_mismatches,
         }
 
@@ -166,6 +170,7 @@ def read_window(client: Any, group: str, start: datetime, end: datetime) -> dict
             st.count += counters.get(f"{backend}:count", 0)
             st.errors += counters.get(f"{backend}:errors", 0)
             st.shadow_matches += counters.get(f"{backend}:shadow_match", 0)
+            st.rejected += counters.get(f"{backend}:rejected", 0)
             st.shadow_mismatches += counters.get(f"{backend}:shadow_mismatch", 0)
             for encoded in replies[i + 1 + j] or ():
                 h = hists[backend]
@@ -211,7 +216,8 @@ class StatsRecorder:
         self._samples: collections.deque[tuple[str, str, int, bool]] = collections.deque(
             maxlen=MAX_QUEUED_SAMPLES
         )
-        self._shadow: collections.deque[tuple[str, bool]] = collections.deque(maxlen=MAX_QUEUED_SAMPLES)
+        # Counted events of the new store per group: shadow_match, shadow_mismatch, rejected.
+        self._events: collections.deque[tuple[str, str]] = collections.deque(maxlen=MAX_QUEUED_SAMPLES)
         self._pending: collections.deque[tuple[float, list[tuple[str, int, str, dict[str, int], bytes]]]] = (
             collections.deque()
         )
@@ -234,7 +240,11 @@ class StatsRecorder:
 
     def record_shadow(self, group: str, matched: bool) -> None:
         """Note one shadow comparison (one entity, all features)."""
-        self._shadow.append((group, matched))
+        self._events.append((group, "shadow_match" if matched else "shadow_mismatch"))
+
+    def record_rejected(self, group: str) -> None:
+        """Note one request the new store should have served but its open breaker sent to the old."""
+        self._events.append((group, "rejected"))
 
     # -- background -----------------------------------------------------------------------
     def _run(self, interval: float) -> None:
@@ -257,11 +267,10 @@ class StatsRecorder:
             entry[0].append(lat)
             if err:
                 entry[1][0] += 1
-        shadow: dict[str, list[int]] = {}
-        for _ in range(len(self._shadow)):
-            group, matched = self._shadow.popleft()
-            counts = shadow.setdefault(group, [0, 0])
-            counts[0 if matched else 1] += 1
+        events: dict[str, collections.Counter[str]] = {}
+        for _ in range(len(self._events)):
+            group, name = self._events.popleft()
+            events.setdefault(group, collections.Counter())[name] += 1
         bucket = int(now // self.bucket_s * self.bucket_s)
         out = []
         for (group, backend), (lats, errs) in per.items():
@@ -271,8 +280,8 @@ class StatsRecorder:
                 h.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US), count)
             counters = {"count": len(lats), "errors": errs[0]}
             out.append((group, bucket, backend, counters, h.encode()))
-        for group, (matches, mismatches) in shadow.items():
-            out.append((group, bucket, "new", {"shadow_match": matches, "shadow_mismatch": mismatches}, b""))
+        for group, counts in events.items():
+            out.append((group, bucket, "new", dict(counts), b""))
         return out
 
     def flush(self) -> int:
