@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 MIGRATE, ROLLBACK, BACKFILL, NIGHTLY = "migrate", "rollback", "backfill", "nightly_consistency"
 CADENCE_CHOICES = ("1h", "6h", "12h", "1d", "7d")
+# JSON schema's "format" is a UI hint only (not validated by Airflow), so dates also get a pattern.
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 # Soaks shorter than this are kept fed by the soak sensor itself (demo and test time scales);
 # longer ones rely on the nightly DAG, which already compares once a day.
 SOAK_SELF_REFRESH_BELOW = timedelta(hours=1)
@@ -391,6 +393,7 @@ def build_backfill_dag(ctx: _Context, group: str) -> DAG:
                 None,
                 type=["null", "string"],
                 format="date-time",
+                pattern=ISO_TIME,
                 title="Start",
                 description=f"Window start (UTC). The window may span at most {window}.",
                 section="Window",
@@ -399,6 +402,7 @@ def build_backfill_dag(ctx: _Context, group: str) -> DAG:
                 None,
                 type=["null", "string"],
                 format="date-time",
+                pattern=ISO_TIME,
                 title="End",
                 description="Window end (UTC), after start and not in the future.",
                 section="Window",
