@@ -400,3 +400,24 @@ def test_serving_imports_no_airflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_breaker_opens_when_the_new_store_server_is_stopped(demo_plan, redis_client):
+    from airflow_fsmigration.devservices import start_postgres
+
+    server = start_postgres()  # a new store of its own, so that it can really be stopped
+    try:
+        ids = seed_stores(demo_plan, redis_client, server.url, 30)
+        publish_state(redis_client, GROUP, phase="cutover", ramp_pct=100, version=1)
+        with make_router(
+            demo_plan, redis_client, server.url, breaker_fail_max=2, breaker_reset_s=30
+        ) as router:
+            assert served_from_new(router.get_features(GROUP, ids)) == set(ids)
+            server.stop()
+            for i in range(10):
+                rows = router.get_features(GROUP, ids[i * 3 : i * 3 + 3])  # no error reaches the caller
+                assert sorted(rows) == ids[i * 3 : i * 3 + 3] and not served_from_new(rows)
+            assert router.breaker(GROUP).state == "open" and router.fallbacks == 30
+    finally:
+        server.stop()
