@@ -315,10 +315,14 @@ def grid_plain_sql(plan: MigrationPlan, group: str, table: str) -> psql.Composed
     ).format(t=_ident(table), cols=_cols(cols), dcols=_cols(cols, "fsmig_d"), body=body)
 
 
-def spine_select_sql(plan: MigrationPlan, group: str, spine: SpineSpec, strategy: str) -> psql.Composed:
+def spine_select_sql(
+    plan: MigrationPlan, group: str, spine: SpineSpec, strategy: str, *, found: bool = False
+) -> psql.Composed:
     """SELECT (label_ts, entity, features) for the labels with ``%(lo)s <= ts < %(hi)s``.
 
-    Aliases carry a ``fsmig_`` prefix so they never collide with the definition's own.
+    Aliases carry a ``fsmig_`` prefix so they never collide with the definition's own. With
+    ``found``, a last column ``fsmig_found`` is true when the definition returned the entity at
+    that time (null when the label only survived the LEFT JOIN).
     """
     from psycopg import sql
 
@@ -333,7 +337,7 @@ def spine_select_sql(plan: MigrationPlan, group: str, spine: SpineSpec, strategy
         "ts": s_ts,
         "ent": s_ent,
         "key": sql.Identifier(g.entity_key),
-        "dcols": _cols(feats, "fsmig_d"),
+        "dcols": _cols([*feats, "fsmig_found"] if found else feats, "fsmig_d"),
         "spine": _ident(spine.table),
         "where": where,
     }
@@ -341,14 +345,15 @@ def spine_select_sql(plan: MigrationPlan, group: str, spine: SpineSpec, strategy
         body = entity_filtered_sql(plan, group, ts_ref, s_ent.as_string(None))
         return sql.SQL(
             "SELECT {ts} AS label_ts, {ent} AS {key}, {dcols} FROM {spine} AS fsmig_s"
-            " LEFT JOIN LATERAL (SELECT * FROM ({body}) AS fsmig_d0 WHERE {d0key} = {ent}) AS fsmig_d ON true"
+            " LEFT JOIN LATERAL (SELECT *, true AS fsmig_found FROM ({body}) AS fsmig_d0 WHERE {d0key} = {ent})"
+            " AS fsmig_d ON true"
             " WHERE {where}"
         ).format(body=sql.SQL(body), d0key=sql.Identifier("fsmig_d0", g.entity_key), **common)  # type: ignore[arg-type]
     if strategy == "per_timestamp":
         body = as_of_sql(plan, group, "fsmig_g.fsmig_ts")
         return sql.SQL(
             "SELECT {ts} AS label_ts, {ent} AS {key}, {dcols} FROM {spine} AS fsmig_s"
-            " LEFT JOIN (SELECT fsmig_g.fsmig_ts, fsmig_d0.* FROM (SELECT DISTINCT {ts} AS fsmig_ts"
+            " LEFT JOIN (SELECT fsmig_g.fsmig_ts, fsmig_d0.*, true AS fsmig_found FROM (SELECT DISTINCT {ts} AS fsmig_ts"
             " FROM {spine} AS fsmig_s WHERE {where}) AS fsmig_g CROSS JOIN LATERAL ({body}) AS fsmig_d0) AS fsmig_d"
             " ON fsmig_d.fsmig_ts = {ts} AND {dkey} = {ent}"
             " WHERE {where}"
