@@ -87,7 +87,8 @@ def _reusable(
         return None
     try:
         with psycopg.connect(urls["events"], connect_timeout=5) as conn:
-            users = conn.execute("SELECT count(*) FROM raw.users").fetchone()[0]
+            row = conn.execute("SELECT count(*) FROM raw.users").fetchone()
+            users = row[0] if row else None
         client = redis.Redis.from_url(redis_url)
         keys = client.dbsize()
         client.close()

@@ -502,7 +502,7 @@ def as_of_sql(plan: MigrationPlan, group: str, as_of: str, table_map: dict[str, 
 
     tree = sqlglot.parse_one(sql, read="postgres")
 
-    def swap(node: exp.Expression) -> exp.Expression:
+    def swap(node: exp.Expression) -> Any:
         if isinstance(node, exp.Table) and f"{node.db}.{node.name}" in table_map:
             alias = node.alias or node.name
             return exp.to_table(table_map[f"{node.db}.{node.name}"]).as_(alias)
@@ -523,7 +523,7 @@ def bind_definition(sql_text: str, as_of: str, table_map: dict[str, str]) -> str
     tree = sqlglot.parse_one(sql_text, read="postgres")
     as_of_expr = sqlglot.parse_one(as_of, read="postgres")
 
-    def swap(node: exp.Expression) -> exp.Expression:
+    def swap(node: exp.Expression) -> Any:
         if isinstance(node, exp.Placeholder) and node.name == "as_of":
             return as_of_expr.copy()
         if isinstance(node, exp.Table) and f"{node.db}.{node.name}" in table_map:

@@ -185,16 +185,16 @@ def build_assessment(
             }
         )
 
-    audit = _retention_audit(plan, now) if retention else {"ran": False, "reason": "skipped (--no-retention)"}
+    audit: dict[str, Any] = (
+        _retention_audit(plan, now) if retention else {"ran": False, "reason": "skipped (--no-retention)"}
+    )
     training = _training_paths(plan, now, audit)
-    if audit["ran"]:
-        by_group = {r["group"]: r for r in audit["reports"]}
-        for g in groups:
-            r = by_group.get(g["name"])
-            g["retention"] = "covered" if r and r["covered"] else "gap"
-    else:
-        for g in groups:
-            g["retention"] = "not run"
+    by_group = {r["group"]: r for r in audit["reports"]} if audit["ran"] else {}
+    for row in groups:
+        report = by_group.get(row["name"])
+        row["retention"] = (
+            "not run" if not audit["ran"] else "covered" if report and report["covered"] else "gap"
+        )
 
     return {
         "plan": {
