@@ -129,6 +129,8 @@ def test_router_honours_ramp_and_returns_typed_rows(demo_plan, redis_client, pg_
         new_side = served_from_new(rows)
         assert new_side == {e for e in ids if bucket_of(e) < 3000}
         assert 0.27 < len(new_side) / 2000 < 0.33
+        singles = {e for e in ids[:200] if served_from_new(router.get_features(GROUP, [e]))}
+        assert singles == new_side & set(ids[:200])  # the one-entity fast path routes alike
         old_row, new_row = rows["u000001"], rows["u000004"]
         for row in (old_row, new_row):  # both stores give the same typed shape
             assert set(row) == set(demo_plan.groups[GROUP].feature_names)
@@ -143,9 +145,8 @@ def test_router_honours_ramp_and_returns_typed_rows(demo_plan, redis_client, pg_
             datetime.now(UTC) - timedelta(minutes=1),
             datetime.now(UTC) + timedelta(minutes=1),
         )
-        assert (
-            stats["old"].count + stats["new"].count == flushed == 11 + 10
-        )  # 10 batches hit both, 1 old-only
+        # 10 batches hit both stores, 200 single lookups one store each, "nobody" the old one.
+        assert stats["old"].count + stats["new"].count == flushed == 10 + 10 + 200 + 1
         assert stats["new"].errors == 0 and stats["new"].p99_ms is not None
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pybreaker
 
-from airflow_fsmigration.serving.bucketing import BUCKETS, split
+from airflow_fsmigration.serving.bucketing import BUCKETS, bucket_of, split
 from airflow_fsmigration.serving.routing import (
     BREAKER_CHANNEL,
     ROUTING_CHANNEL,
@@ -437,6 +437,11 @@ class FeatureRouter:
             old_ids, new_ids = entity_ids, ()
         elif t >= BUCKETS:
             old_ids, new_ids = (), entity_ids
+        elif len(entity_ids) == 1:  # the common single-entity lookup: no lists to build
+            if bucket_of(entity_ids[0]) < t:
+                old_ids, new_ids = (), entity_ids
+            else:
+                old_ids, new_ids = entity_ids, ()
         else:
             old_ids, new_ids = split(entity_ids, t)
         rows: Rows | None = None
