@@ -333,6 +333,36 @@ class FeastRepo:
                 f"(it has: {', '.join(sorted(self.views)) or 'none'})"
             ) from None
 
+    def default_mapping(self) -> dict[str, str]:
+        """Plan group name -> Feast view name, as ``draft_plan`` names the groups."""
+        return {plan_name(v): v for v in self.views}
+
+    def view_for_group(self, mapping: dict[str, str], group: str) -> FeastView:
+        """The Feast view behind a plan group, or an error naming the group and what is mapped."""
+        name = mapping.get(group)
+        if name is None:
+            raise KeyError(
+                f"group '{group}' is not mapped to a Feast feature view of project '{self.project}' "
+                f"(mapped groups: {', '.join(sorted(mapping)) or 'none'})"
+            )
+        return self.view(name)
+
+
+def feast_feature_names(view: FeastView, group: Any) -> list[str]:
+    """The Feast feature behind each feature of a plan group, in the group's order."""
+    by_plan = {plan_name(f.name): f.name for f in view.features}
+    names = {f.name for f in view.features}
+    out = []
+    for f in group.features:
+        feast_name = f.name if f.name in names else by_plan.get(f.name)
+        if feast_name is None:
+            raise KeyError(
+                f"group '{group.name}': feature '{f.name}' is not in Feast view '{view.name}' "
+                f"(it has {', '.join(x.name for x in view.features)})"
+            )
+        out.append(feast_name)
+    return out
+
 
 def dump_feast_repo(repo_path: str | os.PathLike[str], *, python: str | None = None) -> dict[str, Any]:
     """Parse a Feast repo in the Feast interpreter (like ``feast plan``) and return its JSON dump."""

@@ -304,3 +304,36 @@ def test_missing_feast_interpreter_says_how_to_get_one(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(fi.FeastUnavailable, match="make feast-venv"):
         fi.feast_python()
+
+
+def test_unreachable_stores_name_the_connection():
+    from airflow_fsmigration.connections import StoreUnavailable
+    from airflow_fsmigration.devservices import free_port
+    from airflow_fsmigration.plan.model import FeatureGroup
+    from airflow_fsmigration.stores.feast_offline import FeastPostgresOfflineSource
+    from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource
+
+    repo = fi.FeastRepo.from_dict(REPO_DUMP)
+    group = FeatureGroup.model_validate(
+        {
+            "name": "driver_stats",
+            "entity_key": "driver_id",
+            "entity_dtype": "int64",
+            "definition": "unused.sql",
+            "features": [{"name": "trips", "dtype": "int64"}],
+            "legacy_online": {"key_template": "feast:{entity}"},
+            "legacy_offline": {"table": "unused"},
+            "sla": {"p99_ms": 10, "max_staleness": "1h"},
+            "qps": {"peak": 10, "average": 1},
+        },
+        strict=False,
+    )
+    port = free_port()
+    online = FeastRedisOnlineSource(f"redis://127.0.0.1:{port}/0", repo, conn_id="feast_online")
+    with pytest.raises(StoreUnavailable, match="connection 'feast_online'"):
+        online.read(group, ["1", "2"])
+    offline = FeastPostgresOfflineSource(
+        f"postgresql://postgres@127.0.0.1:{port}/feast", repo, conn_id="feast_offline"
+    )
+    with pytest.raises(StoreUnavailable, match="connection 'feast_offline'"):
+        offline.read(group, ["1"])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_fsmigration.stores import _pg
 from airflow_fsmigration.stores.base import DEFAULT_CHUNK, check_as_of, rechunk
 from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, conform, feature_schema
+from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
 from airflow_fsmigration.stores.sharding import shard_mask
 
 if TYPE_CHECKING:
@@ -36,8 +37,12 @@ AS_OF = "_as_of"
 _KEY_SQL_TYPES = {"INT64": "bigint", "INT32": "bigint", "STRING": "text"}
 
 
-class FeastPostgresOfflineSource:
-    """Feast feature views' Postgres batch sources, read as of a time with each view's TTL."""
+class FeastPostgresOfflineSource(PostgresOfflineSource):
+    """Feast feature views' Postgres batch sources, read as of a time with each view's TTL.
+
+    Shares the ADBC plumbing of :class:`PostgresOfflineSource` (connection, context manager,
+    groups by name); every read is Feast's own point-in-time rule instead of a history table's.
+    """
 
     store = "Feast Postgres offline store"
 
@@ -51,49 +56,16 @@ class FeastPostgresOfflineSource:
         views: Mapping[str, str] | None = None,
         clock: Any = None,
     ) -> None:
-        from airflow_fsmigration.feast_import import plan_name
-
-        self.url = url
+        super().__init__(url, plan, conn_id)
         self.repo = repo
-        self.plan = plan
-        self.conn_id = conn_id
-        self.views = dict(views) if views is not None else {plan_name(v): v for v in repo.views}
+        self.views = dict(views) if views is not None else repo.default_mapping()
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._adbc: Any = None
 
     def __repr__(self) -> str:
         return f"FeastPostgresOfflineSource(conn_id={self.conn_id!r}, project={self.repo.project!r})"
 
-    def __enter__(self) -> FeastPostgresOfflineSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._adbc is not None:
-            try:
-                self._adbc.close()
-            finally:
-                self._adbc = None
-
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    def _group(self, group: FeatureGroup | str) -> FeatureGroup:
-        if isinstance(group, str):
-            if self.plan is None:
-                raise ValueError(f"group '{group}' given by name, but this source has no plan")
-            return self.plan.groups[group]
-        return group
-
     def view_of(self, group: FeatureGroup) -> FeastView:
-        name = self.views.get(group.name)
-        if name is None:
-            raise KeyError(
-                f"group '{group.name}' is not mapped to a Feast feature view of project "
-                f"'{self.repo.project}' (mapped groups: {', '.join(sorted(self.views)) or 'none'})"
-            )
-        view = self.repo.view(name)
+        view = self.repo.view_for_group(self.views, group.name)
         if view.source is None or not (view.source.table or view.source.query):
             raise ValueError(f"Feast view '{view.name}' has no Postgres batch source (table or query)")
         if len(view.join_keys) != 1 or view.join_keys[0].value_type not in _KEY_SQL_TYPES:
@@ -101,14 +73,6 @@ class FeastPostgresOfflineSource:
                 f"Feast view '{view.name}': the offline reader supports one INT64, INT32 or STRING join key"
             )
         return view
-
-    def _arrow(self) -> Any:
-        if self._adbc is None:
-            self._adbc = _pg.adbc_connect(self.url, self.conn_id, self.store)
-        return self._adbc
-
-    def _fetch(self, query: pgsql.Composable, params: Sequence[Any] | None) -> pa.Table:
-        return _pg.fetch_table(self._arrow(), _pg.render(query), params, self.conn_id, self.store)
 
     def _from(self, view: FeastView) -> pgsql.Composable:
         """The batch source: a quoted table, or the repo's own query as a subquery (as Feast does)."""
@@ -120,24 +84,18 @@ class FeastPostgresOfflineSource:
             return sql.SQL("{} AS src").format(_pg.qualified(src.table))
         return sql.SQL("({}) AS src").format(sql.SQL(src.query or ""))
 
-    def _columns(self, group: FeatureGroup, view: FeastView) -> list[pgsql.Composable]:
+    def _select_list(self, group: FeatureGroup, view: FeastView) -> list[pgsql.Composable]:
         """``src.<column> AS <plan feature>`` for each feature, then the event time as ``_source_ts``."""
         from psycopg import sql
 
-        from airflow_fsmigration.feast_import import plan_name
+        from airflow_fsmigration.feast_import import feast_feature_names
 
         src = view.source
         assert src is not None
-        by_plan = {plan_name(f.name): f.name for f in view.features}
-        names = {f.name for f in view.features}
-        cols = []
-        for f in group.features:
-            feast_name = f.name if f.name in names else by_plan.get(f.name)
-            if feast_name is None:
-                raise KeyError(f"group '{group.name}': feature '{f.name}' is not in Feast view '{view.name}'")
-            cols.append(
-                sql.SQL("src.{} AS {}").format(_pg.ident(src.column_for(feast_name)), _pg.ident(f.name))
-            )
+        cols = [
+            sql.SQL("src.{} AS {}").format(_pg.ident(src.column_for(feast_name)), _pg.ident(f.name))
+            for f, feast_name in zip(group.features, feast_feature_names(view, group), strict=True)
+        ]
         cols.append(sql.SQL("src.{} AS {}").format(_pg.ident(src.timestamp_field), _pg.ident(SOURCE_TS)))
         return cols
 
@@ -165,7 +123,7 @@ class FeastPostgresOfflineSource:
         if src.created_timestamp_column:
             order.append(sql.SQL("src.{} DESC").format(_pg.ident(src.created_timestamp_column)))
         return sql.SQL("SELECT {cols} FROM {src} WHERE {where} ORDER BY {order} LIMIT 1").format(
-            cols=sql.SQL(", ").join(self._columns(group, view)),
+            cols=sql.SQL(", ").join(self._select_list(group, view)),
             src=self._from(view),
             where=sql.SQL(" AND ").join(where),
             order=sql.SQL(", ").join(order),
@@ -283,7 +241,7 @@ class FeastPostgresOfflineSource:
         ).format(
             key=key,
             entity=_pg.ident(ENTITY),
-            cols=sql.SQL(", ").join(self._columns(g, view)),
+            cols=sql.SQL(", ").join(self._select_list(g, view)),
             src=self._from(view),
             where=sql.SQL(" AND ").join(where),
             order=sql.SQL(", ").join(order),

@@ -395,31 +395,13 @@ class FeastLayout:
         self.views = dict(views)
 
     def view(self, group: FeatureGroup) -> FeastView:
-        name = self.views.get(group.name)
-        if name is None:
-            raise KeyError(
-                f"group '{group.name}' is not mapped to a Feast feature view of project "
-                f"'{self.repo.project}' (mapped groups: {', '.join(sorted(self.views)) or 'none'})"
-            )
-        return self.repo.view(name)
+        return self.repo.view_for_group(self.views, group.name)
 
     def feast_features(self, group: FeatureGroup) -> list[str]:
         """The Feast feature name behind each plan feature of the group, in order."""
-        from airflow_fsmigration.feast_import import plan_name
+        from airflow_fsmigration.feast_import import feast_feature_names
 
-        view = self.view(group)
-        by_plan = {plan_name(f.name): f.name for f in view.features}
-        names = {f.name for f in view.features}
-        out = []
-        for f in group.features:
-            feast_name = f.name if f.name in names else by_plan.get(f.name)
-            if feast_name is None:
-                raise KeyError(
-                    f"group '{group.name}': feature '{f.name}' is not in Feast view '{view.name}' "
-                    f"(it has {', '.join(x.name for x in view.features)})"
-                )
-            out.append(feast_name)
-        return out
+        return feast_feature_names(self.view(group), group)
 
     def ts_field(self, group: FeatureGroup) -> bytes:
         return f"_ts:{self.view(group).name}".encode()
@@ -560,9 +542,7 @@ class FeastRedisOnlineSource(RedisOnlineSource):
         batch_size: int = BATCH,
         clock: Any = None,
     ) -> None:
-        from airflow_fsmigration.feast_import import plan_name
-
-        views = dict(views) if views is not None else {plan_name(v): v for v in repo.views}
+        views = dict(views) if views is not None else repo.default_mapping()
         self.feast = FeastLayout(repo, views)
         super().__init__(url_or_client, plan, conn_id, layout=self.feast, batch_size=batch_size)
         self.repo = repo
