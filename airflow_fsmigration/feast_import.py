@@ -728,7 +728,7 @@ def load_demo_data(
 
     now = now or datetime.now(UTC).replace(microsecond=0)
     cities = ["Lisbon", "Porto", "Faro", "Braga"]
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for d in range(1, drivers + 1):
         n = 1 + d % 3
         newest = now - (timedelta(days=3) if d % 7 == 0 else timedelta(minutes=10 + d % 50))
@@ -751,13 +751,13 @@ def load_demo_data(
             )
         if d % 13 == 0:
             # Same event time, created later: Feast keeps this one.
-            r = list(rows[-n])
+            r: list[Any] = list(rows[-n])
             r[2] = r[2] + timedelta(seconds=5)
             r[5] = 999
             rows.append(tuple(r))
         if d % 17 == 0:
             rows.append((d, now + timedelta(days=1), now, 0.99, 0.99, 1, 1, True, "Future", now))
-    customers_rows = [
+    customers_rows: list[tuple[Any, ...]] = [
         (
             f"c{c:04d}",
             float(c) * 12.5 if c % 9 else None,

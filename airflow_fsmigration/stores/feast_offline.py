@@ -92,7 +92,7 @@ class FeastPostgresOfflineSource(PostgresOfflineSource):
 
         src = view.source
         assert src is not None
-        cols = [
+        cols: list[pgsql.Composable] = [
             sql.SQL("src.{} AS {}").format(_pg.ident(src.column_for(feast_name)), _pg.ident(f.name))
             for f, feast_name in zip(group.features, feast_feature_names(view, group), strict=True)
         ]
