@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,7 +32,7 @@ TYPES = {
 
 
 @pytest.fixture(scope="module")
-def demo(postgres, redis_server, demo_plan, tmp_path_factory):
+def demo(postgres, redis_server, demo_plan):
     """A small demo world (300 users, 90 days) in one database and the test Redis."""
     import psycopg
     import redis
@@ -37,6 +40,7 @@ def demo(postgres, redis_server, demo_plan, tmp_path_factory):
 
     name = f"t_demo_{uuid.uuid4().hex[:8]}"
     url = postgres.create_database(name)
+    plan_dir = tempfile.mkdtemp(prefix="fsmig_demo_plan_")  # not tmp_path: a concurrent pytest may prune it
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     env = generate_demo(
@@ -49,9 +53,10 @@ def demo(postgres, redis_server, demo_plan, tmp_path_factory):
         days=90,
         history_entities=60,
         now=NOW,
-        plan_dir=tmp_path_factory.mktemp("demo") / "plan",
+        plan_dir=Path(plan_dir) / "plan",
     )
     yield env, url, client
+    shutil.rmtree(plan_dir, ignore_errors=True)
     client.flushall()
     client.close()
     with psycopg.connect(postgres.url, autocommit=True) as conn:

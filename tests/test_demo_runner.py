@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 
+@pytest.fixture
+def own_dir():
+    """A private folder: pytest's shared tmp_path base can be pruned by a concurrent pytest run,
+    which would delete the embedded server's data under it mid-test."""
+    path = Path(tempfile.mkdtemp(prefix="fsmig_demo_test_"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.integration
-def test_demo_runner_prints_assessment_and_reuses_data(tmp_path, capsys, caplog, monkeypatch):
+def test_demo_runner_prints_assessment_and_reuses_data(own_dir, capsys, caplog, monkeypatch):
+    tmp_path = own_dir
     from airflow_fsmigration.demo.__main__ import main
 
     caplog.set_level(logging.INFO, logger="airflow_fsmigration.demo")
@@ -34,12 +47,27 @@ def test_demo_runner_prints_assessment_and_reuses_data(tmp_path, capsys, caplog,
     assert "Retention audit (connection 'fsmig_events'): " in out
     assert "GAP user_session_stats: raw.clickstream holds events from" in out
     assert "HTML report: " in out and (tmp_path / "r" / "assessment_fraud_recs_platform.html").exists()
+    # The shadow comparison finds the planted bug (and its downstream), and nothing else.
+    outcome = out.split("== shadow outcome ==")[1].split("\n\n")[0]
+    verdicts = dict(line.split() for line in outcome.strip().splitlines() if len(line.split()) == 2)
+    assert verdicts == {
+        "merchant_stats": "pass",
+        "item_popularity": "pass",
+        "user_session_stats": "FAIL",
+        "user_profile": "pass",
+        "user_txn_stats": "pass",
+        "user_recs_affinity": "FAIL",
+        "user_risk_profile": "pass",
+        "fraud_decision_features": "pass",
+    }
+    assert "found the planted bug in 'user_session_stats'" in out
+    assert "[timezone_shift] last_click_ts" in out
     stamp = json.loads((tmp_path / "d" / "env.json").read_text())
     assert stamp["env"]["entities"]["user_id"] == 120
     assert stamp["env"]["bug"]["group"] == "user_session_stats"
 
     # A rerun with the same sizes reuses the data: Redis reloads its snapshot, Postgres keeps its files.
-    assert main(args) == 0
+    assert main([*args, "--no-shadow"]) == 0
     out = capsys.readouterr().out
     assert "reusing demo data generated as of " + stamp["env"]["now"] in caplog.text
     assert "GAP user_session_stats: raw.clickstream holds events from" in out

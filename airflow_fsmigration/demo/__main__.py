@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger("airflow_fsmigration.demo")
 
 REPO_PLAN = Path(__file__).resolve().parents[2] / "include" / "demo_plan"
-GENERATOR_VERSION = 1  # bump when the generated data changes shape, so stale demo data is regenerated
+GENERATOR_VERSION = 2  # bump when the generated data changes shape, so stale demo data is regenerated
 DATABASES = {"events": "fsmig_events", "legacy": "fsmig_legacy", "registry": "fsmig_registry"}
 
 
@@ -42,6 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path(".fsmig/reports"), help="report folder")
     p.add_argument("--regenerate", action="store_true", help="regenerate the data even if it matches")
     p.add_argument("--no-bug", action="store_true", help="deploy the correct definitions (no planted bug)")
+    p.add_argument(
+        "--shadow-sample",
+        type=int,
+        default=20_000,
+        help="entities per shadow comparison (0 = all; default 20000)",
+    )
+    p.add_argument("--no-shadow", action="store_true", help="stop after the assessment")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -185,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Markdown:    {result.markdown_path.resolve()}")
 
         _print_environment(env)
+        if not args.no_shadow:
+            t0 = time.perf_counter()
+            outcome = _deploy_and_shadow(env, args, fsmigrate)
+            timings["deploy + shadow"] = time.perf_counter() - t0
+            _print_shadow_outcome(env, outcome)
         timings["total"] = time.perf_counter() - started
         print("\n== timings ==")
         for step, seconds in {**{f"  {k}": v for k, v in env.timings.items()}, **timings}.items():
@@ -193,6 +205,57 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         rd.stop()
         pg.stop()
+
+
+EXIT_NAMES = {0: "pass", 1: "FAIL", 2: "bad input", 3: "inconclusive"}
+
+
+def _deploy_and_shadow(env: Any, args: argparse.Namespace, fsmigrate: Any) -> dict[str, str]:
+    """Deploy the plan's definitions to the new store, then shadow-compare every group, wave by wave."""
+    from airflow_fsmigration.plan.graph import compute_waves
+    from airflow_fsmigration.stores.new_store import NewStore
+
+    plan = env.load_plan()
+    conn_id = plan.connections.new_store
+    print("\n== deploy the definitions to the new store ==", flush=True)
+    with NewStore(env.urls[conn_id], plan, conn_id) as store:
+        order = store.deploy_all()
+    print(f"  {len(order)} views in schema '{plan.new_store.schema_name}': {', '.join(order)}")
+    outcome = {}
+    for wave_no, wave in enumerate(compute_waves(plan).waves, start=1):
+        for name in wave:
+            print(f"\n== shadow comparison: wave {wave_no}, {name} ==", flush=True)
+            code = fsmigrate(
+                [
+                    "shadow",
+                    str(env.plan_dir),
+                    name,
+                    "--sample",
+                    str(args.shadow_sample),
+                    "--no-gx",
+                    "--out",
+                    str(args.out),
+                ]
+            )
+            outcome[name] = EXIT_NAMES.get(code, f"exit {code}")
+    return outcome
+
+
+def _print_shadow_outcome(env: Any, outcome: dict[str, str]) -> None:
+    print("\n== shadow outcome ==")
+    for name, verdict in outcome.items():
+        print(f"  {name:<26}{verdict}")
+    failed = sorted(g for g, v in outcome.items() if v != "pass")
+    if env.bug is None:
+        print("  (no bug planted)" if not failed else f"  unexpected differences in: {', '.join(failed)}")
+        return
+    if env.bug.group in failed:
+        print(f"  found the planted bug in '{env.bug.group}': {env.bug.description}")
+    else:
+        print(f"  the planted bug in '{env.bug.group}' was NOT found")
+    others = [g for g in failed if g != env.bug.group]
+    if others:
+        print(f"  also not passing: {', '.join(others)} (downstream of the bug, or see their reports)")
 
 
 def _save_redis(url: str) -> None:
@@ -259,7 +322,7 @@ def _print_environment(env: Any) -> None:
             f"  planted bug:        group '{env.bug.group}' in the new store ({env.bug.sql_path.name}); "
             "the shadow comparison should find and explain it"
         )
-    print("  not yet in the demo: shadow comparison, ramp, rollback and the run report (issue 7)")
+    print("  not yet in the demo: ramp, rollback and the run report (issue 7)")
 
 
 if __name__ == "__main__":

@@ -815,6 +815,33 @@ def deploy_new_store(conn: Any, plan: MigrationPlan) -> list[str]:
     return [plan.view_name(n) for n in order]
 
 
+def freeze_clock(conn: Any, now: datetime) -> None:
+    """Make ``now()`` in the event-log database return the demo's logical now.
+
+    The legacy stores were computed as of ``now``; the new store's live views use ``now()``. With
+    the clock frozen, both are read at the same logical time however long after generation the
+    demo runs (and reruns reuse the data). It works by name resolution: the database's
+    ``search_path`` puts schema ``demo_clock`` before ``pg_catalog``, so an unqualified ``now()``
+    in a view created afterwards is ``demo_clock.now()``. Demo only: never do this to a real store.
+    """
+    from psycopg import sql
+
+    dbname = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute("CREATE SCHEMA IF NOT EXISTS demo_clock")
+    conn.execute(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION demo_clock.now() RETURNS timestamptz LANGUAGE sql STABLE AS {}"
+        ).format(sql.Literal(f"SELECT {sql.Literal(now.isoformat()).as_string(conn)}::timestamptz"))
+    )
+    conn.execute(
+        sql.SQL('ALTER DATABASE {} SET search_path = demo_clock, pg_catalog, "$user", public').format(
+            sql.Identifier(dbname)
+        )
+    )
+    conn.execute('SET search_path = demo_clock, pg_catalog, "$user", public')
+    log.info("event-log clock frozen at %s (demo only): the new store's now() is the legacy stores' now", now)
+
+
 # --- all of it -----------------------------------------------------------------------------------
 
 
@@ -849,6 +876,7 @@ def generate_demo(
     inject_bug: bool = True,
     purge: bool = True,
     deploy: bool = False,
+    frozen_clock: bool = True,
 ) -> DemoEnvironment:
     """Generate the whole demo world for ``plan`` (the correct demo plan) and return how to reach it.
 
@@ -861,6 +889,7 @@ def generate_demo(
     :param inject_bug: swap the buggy ``user_session_stats`` into that plan copy.
     :param purge: apply the declared retention to the raw tables afterwards.
     :param deploy: also create the new store's views from the (buggy) plan copy.
+    :param frozen_clock: freeze ``now()`` in the event-log database at ``now`` (:func:`freeze_clock`).
     """
     import psycopg
     import redis
@@ -900,6 +929,8 @@ def generate_demo(
             for table, n in purge_to_retention(events, plan, now=now).items():
                 counts[f"purged:{table}"] = n
             timings["purge"] = time.perf_counter() - t0
+        if frozen_clock:
+            freeze_clock(events, now)
         if deploy:
             from airflow_fsmigration.plan import load_plan
 
