@@ -241,6 +241,10 @@ def test_clean_data_passes_and_sampling_is_exact(setup, pg_conn):
     full = run_shadow(plan, "g", old, new, results=results, logical_time=BASE)
     assert full.verdict is Verdict.PASS and full.match_rate == 1.0 and full.entities_compared == N
     assert full.explanations == []
+    from airflow_fsmigration.compare.gx import schema_parity
+
+    parity = schema_parity(plan.groups["g"], new.columns("g"), result=full)
+    assert parity.success and len(parity.results) == 3
     sample = run_shadow(
         plan, "g", old, new, sample_size=100, results=results, logical_time=BASE + timedelta(seconds=6)
     )
@@ -310,6 +314,9 @@ def test_cli_shadow_prints_summary_writes_report_and_exit_codes(
     assert html.count("<svg") >= 3 and "new store is +3h" in html and "<script" not in html
     data = json.loads(next(out.glob("shadow_g_*.json")).read_text())
     assert data["verdict"] == "fail" and data["gx"]["verdict"] == "fail"
+    # names and types of the deployed view match the plan; null handling differs on exactly one feature
+    parity = [r for r in data["schema_parity"]["results"] if r["expectation"] == "fsmig_column_parity"]
+    assert [(r["column"], r["observed_value"]) for r in parity] == [("ratio", "null counts differ")]
     assert (out / "gx" / "g" / "index.html").exists()
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM fsmig.shadow_runs").fetchone()[0] == 1
@@ -320,3 +327,60 @@ def test_cli_shadow_prints_summary_writes_report_and_exit_codes(
     assert code == EXIT_INCONCLUSIVE and "connection 't_redis'" in err
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM fsmig.shadow_runs").fetchone()[0] == 1
+
+
+def test_measure_noise_reads_twice_and_logs_progress(setup, redis_client, caplog):
+    import logging
+    import threading
+
+    from airflow_fsmigration.compare.noise import measure_noise
+
+    plan, build = setup
+    old, new = build(defects=False)
+    g = plan.groups["g"]
+    ids = [eid(i) for i in range(N)]
+
+    def churn() -> None:  # lands between the two reads (the first takes well under the 1.5 s interval)
+        threading.Event().wait(1.0)
+        for i in range(0, N, 25):
+            redis_client.hincrby(f"t:g:{eid(i)}", "txn_count_24h", 2)
+
+    mover = threading.Thread(target=churn)
+    mover.start()
+    floor = measure_noise(g, old, ids, interval=1.5)
+    mover.join()
+    assert floor.churn["txn_count_24h"] == 0.04 and floor.interval_s >= 1.5
+    assert sum(floor.churn.values()) == 0.04
+    with caplog.at_level(logging.INFO, logger="airflow_fsmigration.compare"):
+        run_shadow(plan, "g", old, new, chunk_size=250, noise=floor)
+    progress = [
+        r.getMessage() for r in caplog.records if "entities," in r.getMessage() and "ETA" in r.getMessage()
+    ]
+    assert progress and progress[-1].startswith(f"shadow g: {N}/{N} entities")
+
+
+def test_as_of_compare_offline_history_against_new_store(setup, pg_url):
+    from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
+
+    plan, build = setup
+    _old, new = build(defects=False)
+    rows = old_rows()
+    names = [n for n, *_ in FEATURES]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA legacy")
+        cols = ", ".join(f"{n} {sqlt}" for n, _, sqlt, _ in FEATURES)
+        conn.execute(f"CREATE TABLE legacy.g_history (user_id text, event_ts timestamptz, {cols})")
+        with conn.cursor().copy(
+            f"COPY legacy.g_history (user_id, event_ts, {', '.join(names)}) FROM STDIN"
+        ) as copy:
+            for key, r in rows.items():
+                earlier = {**r, "clicks": r["clicks"] - 1}  # an older version, superseded an hour later
+                copy.write_row([key, r["source_ts"] - timedelta(hours=1), *(earlier[n] for n in names)])
+                copy.write_row([key, r["source_ts"], *(r[n] for n in names)])
+    offline = PostgresOfflineSource(pg_url, plan, "t_offline")
+    now = run_shadow(plan, "g", offline, new, as_of=BASE)
+    assert now.verdict is Verdict.PASS and now.entities_compared == N and now.staleness_s == 0
+    # as of 90 minutes ago the offline store had the older versions; the new view had nothing yet
+    before = run_shadow(plan, "g", offline, new, as_of=BASE - timedelta(minutes=90))
+    assert before.verdict is Verdict.FAIL
+    assert (before.missing_in_new, before.entities_both) == (N, 0)
