@@ -213,14 +213,20 @@ def decode_values(
         return pa.array([], type=target)
     starts, ends, data = _binary_parts(arr)
     present = (ends - starts) > 0
-    tag, taglen = _varints(data, starts)
-    fieldno = (tag >> np.uint64(3)).astype(np.int64)
-    wire = (tag & np.uint64(7)).astype(np.int64)
+    first = data[starts].astype(np.int64)
+    if (first < 0x80).all():  # fields 1-15: a one-byte tag, the common case
+        fieldno, wire, pos = first >> 3, first & 7, starts + 1
+    else:
+        tag, taglen = _varints(data, starts)
+        fieldno = (tag >> np.uint64(3)).astype(np.int64)
+        wire = (tag & np.uint64(7)).astype(np.int64)
+        pos = starts + taglen
     fieldno[~present] = 0
-    pos = starts + taglen
     valid = present & (fieldno != _F_NULL)
-    accepted = _ACCEPTS[str(dtype)]
-    bad = valid & ~np.isin(fieldno, accepted)
+    allowed = np.zeros(n, dtype=bool)
+    for number in _ACCEPTS[str(dtype)]:
+        allowed |= fieldno == number
+    bad = valid & ~allowed
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         got = _FIELD_NAMES.get(int(fieldno[i]), f"field {int(fieldno[i])} (a list, map or struct)")
