@@ -199,7 +199,8 @@ def as_of_sql(plan: MigrationPlan, group: str, column: str) -> str:
     """The definition with ``:as_of`` bound to a column reference (``%`` escaped for psycopg)."""
     from airflow_fsmigration.plan.definitions import render_as_of
 
-    return render_as_of(plan, group, param=_AS_OF_MARK).replace(_AS_OF_MARK, column)
+    # a trailing newline, so a definition ending in a -- comment cannot swallow the closing parenthesis
+    return render_as_of(plan, group, param=_AS_OF_MARK).replace(_AS_OF_MARK, column) + "\n"
 
 
 _ENTITY_MARK = "__fsmig_entity__"
