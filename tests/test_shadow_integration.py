@@ -206,7 +206,8 @@ def test_every_injected_mismatch_is_explained_with_exact_counts(setup, pg_conn):
     results = ResultStore(pg_conn)
     r = run_shadow(plan, "g", old, new, chunk_size=300, results=results, logical_time=BASE)
     assert r.verdict is Verdict.FAIL
-    assert r.entities_requested == N + len(NEW_ONLY) == r.entities_compared
+    assert r.entities_requested is None  # sample 0: a full scan of both stores
+    assert r.entities_compared == N + len(NEW_ONLY)
     assert (r.missing_in_new, r.missing_in_old) == (7, 5)
     assert by_kind(r) == {
         ("missing_in_new", None): 7,
@@ -352,7 +353,8 @@ def test_measure_noise_reads_twice_and_logs_progress(setup, redis_client, caplog
     assert floor.churn["txn_count_24h"] == 0.04 and floor.interval_s >= 1.5
     assert sum(floor.churn.values()) == 0.04
     with caplog.at_level(logging.INFO, logger="airflow_fsmigration.compare"):
-        run_shadow(plan, "g", old, new, chunk_size=250, noise=floor)
+        listed = run_shadow(plan, "g", old, new, chunk_size=250, noise=floor, sample_size=N)
+    assert listed.entities_requested == N == listed.entities_compared  # every id listed on both sides
     progress = [
         r.getMessage() for r in caplog.records if "entities," in r.getMessage() and "ETA" in r.getMessage()
     ]

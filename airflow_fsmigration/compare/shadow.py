@@ -96,7 +96,7 @@ def _is_connection_error(exc: BaseException) -> bool:
 class _Progress:
     """Rows done, rate and ETA in the log, at most every ``every`` seconds (and at the end)."""
 
-    def __init__(self, what: str, total: int, every: float = 5.0) -> None:
+    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
         self.what, self.total, self.every = what, total, every
         self.done = 0
         self.start = self.last = time.monotonic()
@@ -104,9 +104,12 @@ class _Progress:
     def add(self, rows: int) -> None:
         self.done += rows
         now = time.monotonic()
-        if now - self.last >= self.every or self.done >= self.total:
+        if now - self.last >= self.every or (self.total is not None and self.done >= self.total):
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
+            if self.total is None:  # a full scan: the size is unknown until the end
+                log.info("%s: %d entities, %.0f/s", self.what, self.done, rate)
+                return
             eta = (self.total - self.done) / rate if rate else 0.0
             log.info("%s: %d/%d entities, %.0f/s, ETA %.0f s", self.what, self.done, self.total, rate, eta)
 
@@ -129,7 +132,10 @@ def run_shadow(
 ) -> ComparisonResult:
     """Compare ``group`` between the old and the new store and (given ``results``) record the run.
 
-    :param sample_size: entities to compare; default the plan's ``shadow_sample_size``; 0 = all.
+    :param sample_size: entities to compare; default the plan's ``shadow_sample_size``. 0 = every
+        entity of both stores, by a chunked scan whose memory does not grow with the group (beyond
+        8 bytes per entity); a positive size picks a deterministic hash sample (see :func:`sample_ids`),
+        and the run is inconclusive if fewer entities than picked could be compared.
     :param shard: ``"K/N"`` or ``(K, N)``: only entities in hash shard K of N (for mapped tasks).
     :param as_of: read both sides as of this time (``read_as_of``), e.g. offline store vs new store.
     :param entity_ids: compare exactly these entities instead of picking a sample.
@@ -143,6 +149,16 @@ def run_shadow(
     part = parse_shard(shard)
     when = logical_time or as_of or datetime.now(UTC)
     started = time.monotonic()
+
+    def read(source: Any, chunk: list[str]) -> pa.Table:
+        if as_of is not None:
+            return _guarded(source, "reading as of", lambda: source.read_as_of(g, chunk, as_of))
+        return _guarded(source, "reading", lambda: source.read(g, chunk))
+
+    if entity_ids is None and sample == 0 and as_of is None:
+        acc = ComparisonAccumulator(g, settings=settings, staleness=staleness, noise=noise, requested=None)
+        _full_scan(g, old_source, new_source, part, chunk_size, acc, read)
+        return _finish(g, acc, when, part, started, results)
 
     if entity_ids is not None:
         ids = list(entity_ids)
@@ -172,11 +188,6 @@ def run_shadow(
         requested=len(ids),
     )
 
-    def read(source: Any, chunk: list[str]) -> pa.Table:
-        if as_of is not None:
-            return _guarded(source, "reading as of", lambda: source.read_as_of(g, chunk, as_of))
-        return _guarded(source, "reading", lambda: source.read(g, chunk))
-
     chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
     progress = _Progress(f"shadow {g.name}", len(ids))
     with ThreadPoolExecutor(2, thread_name_prefix="fsmig-read") as pool:
@@ -198,6 +209,71 @@ def run_shadow(
             acc.add(old_t, new_t)
             progress.add(len(_chunk))
 
+    return _finish(g, acc, when, part, started, results)
+
+
+def _full_scan(
+    g: FeatureGroup,
+    old_source: Any,
+    new_source: Any,
+    part: tuple[int, int] | None,
+    chunk_size: int,
+    acc: Any,
+    read: Callable[[Any, list[str]], pa.Table],
+) -> None:
+    """Every entity of both stores, with memory bounded by the chunk size plus 8 bytes per entity.
+
+    The old store is scanned in chunks and the new store read for the same ids (the next old
+    chunk is fetched while the current one is compared); only the 64-bit hashes of the old ids
+    are kept, so a final scan of the new store finds the entities only it has.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from airflow_fsmigration.stores.frames import ENTITY, empty_frame
+    from airflow_fsmigration.stores.sharding import hash_ids
+
+    progress = _Progress(f"shadow {g.name} (full scan)", None)
+    old_chunks = _guarded(
+        old_source, "scanning", lambda: old_source.scan(g, chunk_size=chunk_size, shard=part)
+    )
+    seen: list[np.ndarray] = []
+
+    def next_old() -> pa.Table | None:
+        return _guarded(old_source, "scanning", lambda: next(old_chunks, None))
+
+    with ThreadPoolExecutor(2, thread_name_prefix="fsmig-scan") as pool:
+        f_old = pool.submit(next_old)
+        while (old_t := f_old.result()) is not None:
+            ids = old_t.column(ENTITY)
+            f_new = pool.submit(read, new_source, ids.to_pylist())
+            f_old = pool.submit(next_old)
+            new_t = f_new.result()
+            acc.add(old_t, new_t)
+            seen.append(hash_ids(ids))
+            progress.add(old_t.num_rows)
+    known = np.sort(np.concatenate(seen)) if seen else np.empty(0, dtype=np.uint64)
+    empty = empty_frame(g)
+    new_chunks = _guarded(
+        new_source, "scanning", lambda: new_source.scan(g, chunk_size=chunk_size, shard=part)
+    )
+    while (new_t := _guarded(new_source, "scanning", lambda: next(new_chunks, None))) is not None:
+        h = hash_ids(new_t.column(ENTITY))
+        pos = np.minimum(np.searchsorted(known, h), max(len(known) - 1, 0))
+        only_new = ~(known[pos] == h) if len(known) else np.ones(len(h), dtype=bool)
+        if only_new.any():
+            acc.add(empty, new_t.filter(pa.array(only_new)))
+            progress.add(int(only_new.sum()))
+
+
+def _finish(
+    g: FeatureGroup,
+    acc: Any,
+    when: datetime,
+    part: tuple[int, int] | None,
+    started: float,
+    results: ResultStore | None,
+) -> ComparisonResult:
     result = acc.result(logical_time=when, shard=f"{part[0]}/{part[1]}" if part else None)
     log.info(
         "shadow %s: %s, match rate %s over %d entities in %.1f s",
