@@ -843,3 +843,19 @@ def ensure_feast_venv(path: str | os.PathLike[str] | None = None, *, python: str
             f"could not create {venv}: {' '.join(map(str, exc.cmd))} failed:\n{(exc.stderr or '')[-2000:]}"
         ) from exc
     return str(exe)
+
+
+def find_feast_repo(plan: Any) -> FeastRepo | None:
+    """The Feast definitions beside a plan (the ``*.feast.json`` import-feast wrote), or None.
+
+    This is how a plan says "my legacy stores are Feast's" until the plan model has a field for it.
+    """
+    found = sorted(Path(plan.source_dir).glob("*.feast.json"))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(
+            f"{plan.source_dir} holds {len(found)} Feast definition files ({', '.join(p.name for p in found)}); "
+            "keep the one of this plan"
+        )
+    return FeastRepo.from_json(found[0])

@@ -400,6 +400,18 @@ def test_import_feast_drafts_a_plan_that_validates_once_filled(feast_world, tmp_
     assert set(repo.views) == {"driver_hourly_stats", "customer_profile"}
     assert main(["import-feast", str(feast_world["repo_path"]), "--out", str(out)]) == 2  # no overwrite
 
+    # The completed plan reads Feast's stores by group name, through the plan's Feast definitions.
+    from airflow_fsmigration.stores.feast_offline import FeastPostgresOfflineSource, offline_source_for
+    from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource, online_source_for
+
+    online = online_source_for(plan, feast_world["redis_url"])
+    assert isinstance(online, FeastRedisOnlineSource) and online.conn_id == "feast_online"
+    frame = online.read("driver_hourly_stats", ["1", "2", "900001"])
+    assert frame.column("entity_id").to_pylist() == ["1", "2"]
+    with offline_source_for(plan, feast_world["pg_url"]) as offline:
+        assert isinstance(offline, FeastPostgresOfflineSource) and offline.conn_id == "feast_offline"
+        assert offline.read_as_of("customer_profile", ["c0001"], feast_world["now"]).num_rows == 1
+
 
 def _fill_draft(plan_path: Path) -> None:
     """What a person does: SLA and QPS from serving metrics, SQL from the suggestion."""

@@ -337,3 +337,14 @@ def test_unreachable_stores_name_the_connection():
     )
     with pytest.raises(StoreUnavailable, match="connection 'feast_offline'"):
         offline.read(group, ["1"])
+
+
+def test_plans_without_feast_definitions_keep_the_generic_readers(demo_plan):
+    from airflow_fsmigration.stores.feast_offline import offline_source_for
+    from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource, online_source_for
+    from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
+    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+
+    online = online_source_for(demo_plan, "redis://127.0.0.1:1/0")
+    assert type(online) is RedisOnlineSource and not isinstance(online, FeastRedisOnlineSource)
+    assert type(offline_source_for(demo_plan, "postgresql://x@127.0.0.1:1/db")) is PostgresOfflineSource

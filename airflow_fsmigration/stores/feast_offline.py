@@ -269,3 +269,14 @@ class FeastPostgresOfflineSource(PostgresOfflineSource):
         if value is None:
             return None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def offline_source_for(plan: MigrationPlan, url: str, conn_id: str | None = None) -> PostgresOfflineSource:
+    """The plan's legacy offline source: Feast's batch sources when the plan was imported from Feast."""
+    from airflow_fsmigration.feast_import import find_feast_repo
+
+    conn_id = conn_id or plan.connections.legacy_offline
+    repo = find_feast_repo(plan)
+    if repo is None:
+        return PostgresOfflineSource(url, plan, conn_id)
+    return FeastPostgresOfflineSource(url, repo, plan, conn_id)

@@ -654,3 +654,14 @@ class FeastRedisOnlineSource(RedisOnlineSource):
             stale_entity_ids=sorted(stale.column(ENTITY).to_pylist())[:sample],
             oldest=oldest,
         )
+
+
+def online_source_for(plan: MigrationPlan, url: str, conn_id: str | None = None) -> RedisOnlineSource:
+    """The plan's legacy online source: Feast's layout when the plan was imported from Feast."""
+    from airflow_fsmigration.feast_import import find_feast_repo
+
+    conn_id = conn_id or plan.connections.legacy_online
+    repo = find_feast_repo(plan)
+    if repo is None:
+        return RedisOnlineSource(url, plan, conn_id)
+    return FeastRedisOnlineSource(url, repo, plan, conn_id)
