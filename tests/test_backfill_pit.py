@@ -91,6 +91,9 @@ def test_injected_differences_are_found_and_explained(demo_plan, pg_conn, pg_url
     )
     assert verdict.verdict is RetrainVerdict.RETRAIN
     assert [d.feature for d in verdict.differing] == ["txn_count_24h", "last_txn_ts"]
+    assert verdict.differing[0].mismatched == 6 and verdict.differing[0].max_abs_delta == 1.0
+    assert verdict.differing[0].explanation.startswith("off_by_one: ")
+    assert verdict.differing[1].max_abs_delta == 3600.0
 
 
 @pytest.mark.integration

@@ -337,13 +337,14 @@ def _merge(a: FeatureAgreement, b: FeatureAgreement) -> FeatureAgreement:
 
 
 def agreements_from_result(group: str, result: Any) -> list[FeatureAgreement]:
-    """Turn a comparison result (an object or its ``to_dict()``) into per-feature agreements.
+    """Per-feature agreements from a comparison result (a ``ComparisonResult`` or its ``to_dict()``).
 
-    Reads per-feature ``compared`` / ``mismatched`` (or ``matched``) counts and deltas where the
-    result carries them, and the first explanation naming the feature.
+    Values missing on either side count as differing (a training row would lack them); the
+    largest |delta| comes from the result's worst deltas (or its delta sample), and the
+    explanation from the first one naming the feature, as ``kind: evidence``.
     """
     data: Mapping[str, Any] = result if isinstance(result, Mapping) else result.to_dict()
-    features = data.get("features") or data.get("per_feature") or {}
+    features = data.get("features") or {}
     if isinstance(features, list):
         features = {f.get("feature") or f.get("name"): f for f in features}
     explanations: dict[str, str] = {}
@@ -351,23 +352,31 @@ def agreements_from_result(group: str, result: Any) -> list[FeatureAgreement]:
         e = e if isinstance(e, Mapping) else e.to_dict()
         name = e.get("feature")
         if name and name not in explanations:
-            explanations[name] = str(e.get("summary") or e.get("kind") or e.get("pattern") or "")
+            kind, evidence = e.get("kind"), e.get("evidence") or e.get("summary")
+            explanations[name] = ": ".join(str(x) for x in (kind, evidence) if x)
     out = []
     for name, f in features.items():
         f = f if isinstance(f, Mapping) else f.to_dict()
-        compared = int(f.get("compared", f.get("rows", 0)) or 0)
+        missing = int(f.get("missing_in_new", 0) or 0) + int(f.get("missing_in_old", 0) or 0)
+        compared = int(f.get("compared", 0) or 0) + missing
         if "mismatched" in f:
-            mismatched = int(f["mismatched"] or 0)
+            mismatched = int(f["mismatched"] or 0) + missing
         else:
-            mismatched = compared - int(f.get("matched", compared) or 0)
+            mismatched = compared - int(f.get("matched", compared) or 0) - int(f.get("lagging", 0) or 0)
+        deltas = [abs(w["delta"]) for w in f.get("worst") or [] if w.get("delta") is not None]
+        sample = [abs(x) for x in f.get("deltas") or [] if x is not None]
         out.append(
             FeatureAgreement(
                 group=group,
                 feature=str(name),
                 compared=compared,
                 mismatched=mismatched,
-                max_abs_delta=_float(f.get("max_abs_delta")),
-                mean_abs_delta=_float(f.get("mean_abs_delta")),
+                max_abs_delta=_float(f.get("max_abs_delta"))
+                if "max_abs_delta" in f
+                else (max(deltas) if deltas else None),
+                mean_abs_delta=_float(f.get("mean_abs_delta"))
+                if "mean_abs_delta" in f
+                else (sum(sample) / len(sample) if sample else None),
                 explanation=explanations.get(str(name)),
             )
         )
