@@ -290,6 +290,13 @@ class FeastRepo:
                 f"Feast project '{data['project']}' enables online feature view versioning (names with "
                 "a _vN suffix in Redis), which the direct readers do not support yet"
             )
+        version = int(data.get("entity_key_serialization_version", 3))
+        if version != 3:
+            raise ValueError(
+                f"Feast project '{data['project']}' uses entity key serialization v{version}; the direct "
+                "readers implement v3 (Feast's only supported version since 0.38): re-serialize the online "
+                "store as Feast documents, or compare through get_online_features"
+            )
         views = {}
         for v in data["feature_views"]:
             src = v.get("source")

@@ -290,9 +290,11 @@ def test_draft_fails_validation_on_each_marker_then_validates_when_filled(tmp_pa
     assert fi.FeastRepo.from_json(draft.registry_path).views.keys() == {"driver_stats", "pair_stats"}
 
 
-def test_versioned_online_views_are_refused_clearly():
+def test_versioned_online_views_and_old_key_encodings_are_refused_clearly():
     with pytest.raises(ValueError, match="versioning"):
         fi.FeastRepo.from_dict({**REPO_DUMP, "online_versioning": True})
+    with pytest.raises(ValueError, match="serialization v2"):
+        fi.FeastRepo.from_dict({**REPO_DUMP, "entity_key_serialization_version": 2})
 
 
 def test_missing_feast_interpreter_says_how_to_get_one(monkeypatch, tmp_path):

@@ -401,7 +401,13 @@ class FeastLayout:
         self.views = dict(views)
 
     def view(self, group: FeatureGroup) -> FeastView:
-        return self.repo.view_for_group(self.views, group.name)
+        view = self.repo.view_for_group(self.views, group.name)
+        if not view.online:
+            raise ValueError(
+                f"group '{group.name}': Feast view '{view.name}' is offline-only (online=False), "
+                "so Feast's online store holds nothing for it; compare its offline store instead"
+            )
+        return view
 
     def feast_features(self, group: FeatureGroup) -> list[str]:
         """The Feast feature name behind each plan feature of the group, in order."""
