@@ -19,7 +19,8 @@ definition. Measured in the same run, medians over ``--repeat`` alternating repe
 Run: ``python -m bench.bench_backfill`` (embedded Postgres; defaults 1M events / 10k users /
 10 daily snapshots / 100k-label spine), ``--full`` for the issue's 10M / 100k / 30 / 1M.
 The bench database uses the C collation (``--server-collation`` keeps the server's default):
-text keys then sort the way DuckDB and pandas compare them. Writes ``bench/results/bench_backfill.md``.
+text keys then sort the way DuckDB and pandas compare them; and ``work_mem`` 64MB (``--work-mem``)
+so a snapshot's aggregation sorts in memory; both sides of every ratio get the same settings. Writes ``bench/results/bench_backfill.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="10M events, 100k users, 30 snapshots, 1M labels")
     p.add_argument("--url", help="Postgres admin URL (default: embedded pgserver)")
     p.add_argument("--server-collation", action="store_true", help="keep the server's default collation")
+    p.add_argument("--work-mem", default="64MB", help="work_mem of the bench database (both sides get it)")
     p.add_argument("--skip-refs", action="store_true", help="skip the DuckDB and pandas references")
     p.add_argument("--out", type=Path, default=HERE / "results" / "bench_backfill.md")
     a = p.parse_args(argv)
@@ -99,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                     sql.Identifier(dbname)
                 )
             )
+        c.execute(
+            sql.SQL("ALTER DATABASE {} SET work_mem = {}").format(
+                sql.Identifier(dbname), sql.Literal(a.work_mem)
+            )
+        )
     url = urlsplit(admin)._replace(path=f"/{dbname}").geturl()
     conn = psycopg.connect(url, autocommit=True)
     snap_start = T0 + timedelta(days=8)
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores ({_cpu()}), load average at end {os.getloadavg()[0]:.1f} (shared with other work)",
         f"- data: {a.events:,} events, {a.users:,} users, {a.snapshots} daily snapshots ({grid_rows:,} snapshot rows), "
         f"spines of {a.labels:,} labels; group `{GROUP}` of the demo plan; Postgres "
-        f"{'server collation' if a.server_collation else 'C collation'}; medians of {a.repeat} alternating runs",
+        f"{'server collation' if a.server_collation else 'C collation'}, work_mem {a.work_mem}; medians of {a.repeat} alternating runs",
         f"- command: `python -m bench.bench_backfill {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         "| measurement | median s | rate | ratio |",
