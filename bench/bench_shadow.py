@@ -208,6 +208,29 @@ def worker_ours(state: dict) -> dict:
     }
 
 
+def worker_scan(state: dict) -> dict:
+    """``run_shadow`` with sample 0: a chunked full scan of both stores (no id list held), optionally
+    one shard (``FSMIG_BENCH_SHARD=K/N``), to show how peak memory grows with the entities compared."""
+    import adbc_driver_postgresql.dbapi  # noqa: F401
+    import hiredis  # noqa: F401
+    import pyarrow.compute  # noqa: F401
+
+    from airflow_fsmigration.compare.shadow import run_shadow
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.stores.new_store import NewStore
+    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+
+    plan = load_plan(state["plan"])
+    shard = os.environ.get("FSMIG_BENCH_SHARD") or None
+    t0 = time.perf_counter()
+    old = RedisOnlineSource(state["redis_url"], plan, "bench_redis")
+    new = NewStore(state["pg_url"], plan, "bench_new")
+    result = run_shadow(plan, GROUP, old, new, sample_size=0, shard=shard, chunk_size=state["chunk_size"])
+    seconds = time.perf_counter() - t0
+    new.close()
+    return {"seconds": seconds, "compared": result.entities_compared, "shard": shard}
+
+
 def worker_naive(state: dict) -> dict:
     import numpy as np
     import pandas as pd
@@ -329,16 +352,18 @@ def worker_reladiff(state: dict) -> dict:
 WORKERS = {
     "setup": worker_setup,
     "ours": worker_ours,
+    "scan": worker_scan,
     "naive": worker_naive,
     "floor": worker_floor,
     "reladiff": worker_reladiff,
 }
 
 
-def run_worker(name: str, state_path: Path, timeout: float) -> dict:
+def run_worker(name: str, state_path: Path, timeout: float, env: dict[str, str] | None = None) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.bench_shadow", "--worker", name, "--state", str(state_path)],
         cwd=HERE.parent,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -359,8 +384,8 @@ def machine() -> str:
 
 
 def write_report(path: Path, args: argparse.Namespace, runs: dict[str, list[dict]], state: dict) -> str:
-    med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items() if v}
-    rss = {k: max(r["maxrss_mb"] for r in v) for k, v in runs.items() if v}
+    med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items() if v and k != "scan"}
+    rss = {k: max(r["maxrss_mb"] for r in v) for k, v in runs.items() if v and k != "scan"}
     n = state["entities"]
     ours = med["ours"]
     rows = [
@@ -404,6 +429,11 @@ def write_report(path: Path, args: argparse.Namespace, runs: dict[str, list[dict
     if runs.get("naive"):
         phases = runs["naive"][0].get("phases", {})
         lines.append("- naive phases (first run): " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+    for r in runs.get("scan", []):
+        lines.append(
+            f"- full scan (sample 0, no id list) {'shard ' + r['shard'] if r['shard'] else 'of all'}: "
+            f"{r['compared']:,} entities in {r['seconds']:.2f} s, peak RSS {r['maxrss_mb']:.0f} MB"
+        )
     if runs.get("ours"):
         phases = runs["ours"][0].get("phases", {})
         lines.append(
@@ -428,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk-size", type=int, default=250_000)
     ap.add_argument("--mismatch-rate", type=float, default=0.001)
-    ap.add_argument("--skip", action="append", default=[], choices=["ours", "naive", "floor", "reladiff"])
+    ap.add_argument(
+        "--skip", action="append", default=[], choices=["ours", "naive", "floor", "reladiff", "scan"]
+    )
     ap.add_argument("--redis-url")
     ap.add_argument("--pg-url")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_shadow.md"))
@@ -468,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"run {i + 1} {name}: {r['seconds']:.2f} s, peak RSS {r['maxrss_mb']:.0f} MB",
                         flush=True,
                     )
+        if "scan" in runs:  # memory as the compared population grows: a quarter, then all
+            for shard in ("0/4", ""):
+                r = run_worker("scan", state_path, timeout, env={"FSMIG_BENCH_SHARD": shard})
+                runs["scan"].append(r)
+                print(f"full scan {shard or 'all'}: {r['compared']} entities in {r['seconds']:.2f} s, "
+                      f"peak RSS {r['maxrss_mb']:.0f} MB", flush=True)  # fmt: skip
         if "reladiff" in runs:  # slow and single-threaded: once
             r = run_worker("reladiff", state_path, timeout * 3)
             runs["reladiff"].append(r)
