@@ -44,8 +44,8 @@ COUNTER_CAP = 64
 MISSING_SAMPLES = 20
 
 # Ratios that are unit conversions rather than data errors (cents, ms, percent, minutes ...).
-UNIT_RATIOS = (10.0, 100.0, 1000.0, 1e4, 1e6, 1e9, 60.0, 3600.0, 86400.0, 1024.0)
-UNIT_RATIOS = UNIT_RATIOS + tuple(1.0 / r for r in UNIT_RATIOS)
+_UNITS = (10.0, 100.0, 1000.0, 1e4, 1e6, 1e9, 60.0, 3600.0, 86400.0, 1024.0)
+UNIT_RATIOS: tuple[float, ...] = _UNITS + tuple(1.0 / r for r in _UNITS)
 
 
 class Verdict(StrEnum):

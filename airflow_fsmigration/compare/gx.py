@@ -145,7 +145,9 @@ def _validate(
     validation = context.validation_definitions.add(
         gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
     )
-    actions = [UpdateDataDocsAction(name="docs", site_names=["fsmig"])] if docs_dir is not None else []
+    actions: list[Any] = (
+        [UpdateDataDocsAction(name="docs", site_names=["fsmig"])] if docs_dir is not None else []
+    )
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
             name=suite_name,
