@@ -72,22 +72,30 @@ def _timed(fn):  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    server = None
+    if not a.url:
+        from airflow_fsmigration.devservices import start_postgres
+
+        server = start_postgres()
+        a.url = server.url
+    try:
+        return _run(a, argv)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     import psycopg
     from psycopg import sql
 
     from airflow_fsmigration.backfill import replay, synthetic
-    from airflow_fsmigration.devservices import start_postgres
     from airflow_fsmigration.plan import load_plan
 
-    a = _args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     plan = load_plan(REPO / "include" / "demo_plan")
-    server = None
-    if a.url:
-        admin = a.url
-    else:
-        server = start_postgres()
-        admin = server.url
+    admin = a.url
     from urllib.parse import urlsplit
 
     dbname = "bench_backfill"
@@ -250,8 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         refs, ref_notes = _references(url, plan, times, conn, table, f"chunked-{last}", a.repeat)
 
     conn.close()
-    if server is not None:
-        server.stop()
 
     med = statistics.median
     f, c = med(floor_s), med(chunked_s)
@@ -264,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         f"spines of {a.labels:,} labels; group `{GROUP}` of the demo plan; Postgres "
         f"{'server collation' if a.server_collation else 'C collation'}, work_mem {a.work_mem}; medians of {a.repeat} alternating runs",
         f"- command: `python -m bench.bench_backfill {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "- spine per-label evaluation runs with `enable_memoize = off` (set by the replay): Postgres' Memoize "
+        "node, keyed on (entity, label time) that never repeat, made it 4-5x slower",
         "",
         "| measurement | median s | rate | ratio |",
         "|---|---:|---:|---:|",

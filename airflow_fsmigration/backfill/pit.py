@@ -136,6 +136,7 @@ def new_values_as_of(
     spine = SpineSpec(_SPINE, "entity", "ts")
     with store_conn.transaction():
         store_conn.execute("SET LOCAL TimeZone = 'UTC'")
+        store_conn.execute("SET LOCAL enable_memoize = off")  # see replay.run_chunk
         store_conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(_SPINE)))
         store_conn.execute(
             sql.SQL(

@@ -643,6 +643,10 @@ def run_chunk(
             chosen = strategy or run.params.get("strategy", "auto")
             if chosen == "auto":
                 chosen = _pick_strategy(conn, spine, chunk)
+            if chosen == "lateral":
+                # Memoize caches per (entity, time) key, which almost never repeats in a spine:
+                # measured 4-5x slower per label than a plain rescan of the entity's index range
+                conn.execute("SET LOCAL enable_memoize = off")
             row = conn.execute(
                 spine_insert_sql(plan, run.group, spine, table, chosen),
                 {"run_id": run.run_id, "lo": chunk.lo, "hi": chunk.hi},
