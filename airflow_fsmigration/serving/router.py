@@ -539,7 +539,10 @@ class FeatureRouter:
 
     def _shadow_worker(self) -> None:
         while not self._stop.is_set():
-            item = self._shadow_queue.get()
+            try:
+                item = self._shadow_queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             group, ids, old_rows = item
