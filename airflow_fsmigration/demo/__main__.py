@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = None if args.regenerate else _reusable(stamp_path, fingerprint, urls, rd.url)
         t0 = time.perf_counter()
         if stamp is None:
+            stamp_path.unlink(missing_ok=True)  # a half-generated world must not look reusable
             for role, name in DATABASES.items():
                 urls[role] = pg.create_database(name, drop=True)
             log.info(
@@ -165,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 plan_dir=data_dir / "plan",
                 inject_bug=not args.no_bug,
             )
-            _save_redis(rd.url)
-            stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "env": env.to_dict()}, indent=2))
+            if _save_redis(rd.url):
+                stamp_path.write_text(
+                    json.dumps({"fingerprint": fingerprint, "env": env.to_dict()}, indent=2)
+                )
             timings["generate data"] = time.perf_counter() - t0
         else:
             env = _env_from_stamp(stamp["env"], urls, rd.url, DemoEnvironment)
@@ -258,13 +261,28 @@ def _print_shadow_outcome(env: Any, outcome: dict[str, str]) -> None:
         print(f"  also not passing: {', '.join(others)} (downstream of the bug, or see their reports)")
 
 
-def _save_redis(url: str) -> None:
-    """Snapshot Redis into its data dir, so the next run starts with the online store loaded."""
+def _save_redis(url: str, timeout: float = 600.0) -> bool:
+    """Snapshot Redis into its data dir (BGSAVE), so the next run starts with the online store loaded.
+
+    Returns False (and the data is regenerated next time) when the snapshot does not finish.
+    """
     import redis
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=60)
     try:
-        client.save()
+        before = client.lastsave()
+        client.bgsave()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not info.get("rdb_bgsave_in_progress") and client.lastsave() != before:
+                return info.get("rdb_last_bgsave_status") == "ok"
+            time.sleep(0.5)
+        log.warning("Redis snapshot did not finish in %.0f s: the next run regenerates the data", timeout)
+        return False
+    except redis.RedisError as exc:
+        log.warning("Redis snapshot failed (%s): the next run regenerates the data", exc)
+        return False
     finally:
         client.close()
 

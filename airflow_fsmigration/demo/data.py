@@ -24,6 +24,9 @@ What it writes (one Postgres server, Redis db 0):
   of ``now`` with the correct definitions and written with pipelined ``HSET``
   (see :func:`encode_value` for the value encodings).
 - **Registry** (database ``registry``): empty; the registry creates its schema on first use.
+- **A frozen clock** in the event-log database (:func:`freeze_clock`): ``now()`` there returns the
+  logical now the legacy stores were computed at, so the new store's live views and the old store
+  are compared at the same logical time, however long after generation the demo runs.
 
 The bug: the plan copy the demo migrates (``plan_dir``) carries a ported ``user_session_stats``
 definition that reads the clickstream's event time as New York wall-clock time, as happens when
