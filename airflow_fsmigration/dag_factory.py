@@ -241,9 +241,9 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
     common = {"plan_path": ctx.plan_path, "group": group, "owner": ctx.owner(g)}
     gate_poll = poll_interval(s.shadow_soak, divisions=50)
     soak_poll = poll_interval(s.shadow_soak)
-    if s.shadow_soak < SOAK_SELF_REFRESH_BELOW:
-        # the series must have no hole longer than soak/7 (see compare.results.soak_from_runs)
-        soak_poll = min(soak_poll, s.shadow_soak.total_seconds() / 20)
+    # The series may have no hole longer than soak/7 (compare.results.soak_from_runs): short soaks
+    # are fed by the sensor itself, a fresh comparison once the newest is soak/14 old.
+    refresh_after = s.shadow_soak.total_seconds() / 14 if s.shadow_soak < SOAK_SELF_REFRESH_BELOW else None
     bake_poll = poll_interval(s.bake)
     warm_poll = min(
         poll_interval(s.keep_warm), poll_interval(min(s.keep_warm, timedelta(days=1)), divisions=4)
@@ -281,6 +281,7 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
         soak = ShadowSoakSensor(
             task_id="shadow_soak",
             poke_interval=soak_poll,
+            refresh_after=refresh_after,
             timeout=max(3 * s.shadow_soak.total_seconds(), s.shadow_soak.total_seconds() + 120),
             deferrable=opts.deferrable,
             **common,

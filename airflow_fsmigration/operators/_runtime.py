@@ -100,6 +100,44 @@ def new_store(plan: MigrationPlan, hook: MigrationHook) -> Any:
     return NewStore(hook.postgres_url("new_store"), plan, conn_id=plan.connections.new_store)
 
 
+def record_shadow_run(
+    plan: MigrationPlan,
+    group: str,
+    *,
+    registry_conn: Any,
+    online_url: str,
+    new_url: str,
+    shard: str | None = None,
+    sample_size: int | None = None,
+    logical_time: datetime | None = None,
+) -> Any:
+    """Run one shadow comparison from plain URLs and record it in the results series."""
+    from airflow_fsmigration.compare.results import ResultStore
+    from airflow_fsmigration.compare.shadow import run_shadow
+    from airflow_fsmigration.stores.new_store import NewStore
+    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+
+    results = ResultStore(registry_conn)
+    results.ensure()
+    old = RedisOnlineSource(online_url, plan, conn_id=plan.connections.legacy_online)
+    try:
+        with NewStore(new_url, plan, conn_id=plan.connections.new_store) as new:
+            return run_shadow(
+                plan,
+                group,
+                old,
+                new,
+                sample_size=sample_size,
+                shard=shard,
+                results=results,
+                logical_time=logical_time,
+            )
+    finally:
+        close = getattr(old, "close", None)
+        if close is not None:
+            close()
+
+
 def shadow_compare(
     plan: MigrationPlan,
     group: str,
@@ -110,24 +148,18 @@ def shadow_compare(
     logical_time: datetime | None = None,
 ) -> dict[str, Any]:
     """Run and record one shadow comparison; returns the result's JSON (without per-row flags)."""
-    from airflow_fsmigration.compare.results import ResultStore
-    from airflow_fsmigration.compare.shadow import run_shadow
-
     conn = hook.connect("registry")
     try:
-        results = ResultStore(conn)
-        results.ensure()
-        with new_store(plan, hook) as new:
-            result = run_shadow(
-                plan,
-                group,
-                old_source(plan, hook),
-                new,
-                sample_size=sample_size,
-                shard=shard,
-                results=results,
-                logical_time=logical_time,
-            )
+        result = record_shadow_run(
+            plan,
+            group,
+            registry_conn=conn,
+            online_url=hook.redis_url(),
+            new_url=hook.postgres_url("new_store"),
+            shard=shard,
+            sample_size=sample_size,
+            logical_time=logical_time,
+        )
     finally:
         conn.close()
     log.info("%s", result.summary())
@@ -135,12 +167,14 @@ def shadow_compare(
 
 
 def soak_status_dict(
-    plan: MigrationPlan, group: str, conn: Any, *, now: datetime | None = None
+    plan: MigrationPlan, group: str, conn: Any, *, now: datetime | None = None, max_gap: Any = None
 ) -> dict[str, Any]:
     """The soak gate's answer from the shadow results series, with ``passed`` for the gate."""
     from airflow_fsmigration.compare.results import ResultStore
 
-    status = ResultStore(conn).soak_status(plan, group, now=now)
+    store = ResultStore(conn)
+    store.ensure()
+    status = store.soak_status(plan, group, now=now, max_gap=max_gap)
     return {**status.to_dict(), "passed": bool(status.satisfied)}
 
 
@@ -196,6 +230,43 @@ def schema_parity(
         "summary": f"{len(failed)} failed expectation(s)" if failed else "schema parity passed",
         "gx": data,
     }
+
+
+def point_in_time(
+    plan: MigrationPlan, group: str, hook: MigrationHook, *, samples: int = 1000, days: float | None = None
+) -> dict[str, Any]:
+    """New store's as-of values vs the old offline store's history at sampled (entity, time) pairs."""
+    from datetime import timedelta
+
+    from airflow_fsmigration.backfill.pit import validate_point_in_time
+    from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
+
+    offline = PostgresOfflineSource(
+        hook.postgres_url("legacy_offline"), plan, conn_id=plan.connections.legacy_offline
+    )
+    start = datetime.now(UTC) - timedelta(days=days) if days is not None else None
+    store_conn = hook.connect("new_store")
+    try:
+        result = validate_point_in_time(plan, group, store_conn, offline, sample_size=samples, start=start)
+    finally:
+        store_conn.close()
+        close = getattr(offline, "close", None)
+        if close is not None:
+            close()
+    data = result.to_dict()
+    comparison = data.pop("comparison")
+    data.update(
+        {
+            "match_rate": comparison.get("match_rate"),
+            "threshold": comparison.get("threshold"),
+            "reasons": comparison.get("reasons", []),
+            "explanations": comparison.get("explanations", []),
+            "feature_match_rates": {
+                n: f.get("match_rate") for n, f in comparison.get("features", {}).items()
+            },
+        }
+    )
+    return data
 
 
 # -- load test ------------------------------------------------------------------------------

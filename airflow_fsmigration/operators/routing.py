@@ -65,14 +65,19 @@ class RampStepOperator(FsMigrationBaseOperator):
     to move traffic unless the soak passed.
 
     :param percent: the ramp step, one of the plan's ``ramp_steps`` (templated).
+    :param soak_task_id: the soak sensor of this DAG run; its passed gate (XCom) is the evidence.
+        Without it (or when it did not run), the soak status is read from the results series.
     """
 
     template_fields: Sequence[str] = (*FsMigrationBaseOperator.template_fields, "percent")
     ui_color = "#d7f0dd"
 
-    def __init__(self, *, percent: int | str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, percent: int | str, soak_task_id: str | None = "shadow_soak", **kwargs: Any
+    ) -> None:
         init_base(self, kwargs)
         self.percent = percent
+        self.soak_task_id = soak_task_id
 
     def run(self, context: Context) -> Any:
         from airflow_fsmigration.operators._runtime import soak_evidence
@@ -90,7 +95,13 @@ class RampStepOperator(FsMigrationBaseOperator):
         soak_passed = None
         evidence: dict[str, Any] = {"step": pct}
         if current.phase.value == "shadow":
-            soak = soak_evidence(self.plan, self.group, self.hook)
+            gate = None
+            if self.soak_task_id:
+                gate = context["ti"].xcom_pull(task_ids=self.soak_task_id)
+            if isinstance(gate, dict) and gate.get("status") == "pass":
+                soak = {**(gate.get("details") or {}), "passed": True, "gate_task": self.soak_task_id}
+            else:
+                soak = soak_evidence(self.plan, self.group, self.hook)
             soak_passed = bool(soak.get("passed"))
             evidence["soak"] = soak
         state = self.registry.ramp(

@@ -150,17 +150,31 @@ class UpstreamCutoverSensor(FsMigrationGateSensor):
 
 
 class ShadowSoakSensor(FsMigrationGateSensor):
-    """Wait until the shadow comparison has been green for the plan's ``shadow_soak``."""
+    """Wait until the shadow comparison has been green for the plan's ``shadow_soak``.
+
+    :param refresh_after: seconds; when the newest recorded comparison is older, run and record a
+        fresh one before checking (for soaks of seconds or minutes, where the nightly DAG cannot
+        keep the series dense enough). ``None``: only read the series.
+    """
+
+    def __init__(self, *, refresh_after: float | None = None, **kwargs: Any) -> None:
+        init_sensor(self, kwargs)
+        self.refresh_after = refresh_after
+
+    def _roles(self) -> tuple[str, ...]:
+        return ("registry", "legacy_online", "new_store") if self.refresh_after is not None else ("registry",)
 
     def check(self) -> GateCheck:
         from airflow_fsmigration.triggers.checks import check_soak
 
-        return check_soak(self.plan, self.group, self.urls(("registry",)))  # type: ignore[arg-type]
+        return check_soak(self.plan, self.group, self.urls(self._roles()), refresh_after=self.refresh_after)  # type: ignore[arg-type]
 
     def trigger(self) -> Any:
         from airflow_fsmigration.triggers.gates import ShadowSoakTrigger
 
-        return ShadowSoakTrigger(self.plan_path, self.group, poll_interval=self.poke_interval)
+        return ShadowSoakTrigger(
+            self.plan_path, self.group, poll_interval=self.poke_interval, refresh_after=self.refresh_after
+        )
 
 
 class BakeSensor(FsMigrationGateSensor):

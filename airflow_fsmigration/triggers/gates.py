@@ -98,14 +98,28 @@ class FsMigrationGateTrigger(BaseTrigger):
 
 
 class ShadowSoakTrigger(FsMigrationGateTrigger):
-    """Wait until the shadow comparison has been green for the plan's ``shadow_soak``."""
+    """Wait until the shadow comparison has been green for the plan's ``shadow_soak``.
 
-    roles = ("registry",)
+    :param refresh_after: run a fresh comparison when the newest is older than this many seconds
+        (demo/test time scales; ``None`` leaves the series to the nightly DAG).
+    """
+
+    def __init__(
+        self, plan_path: str, group: str, poll_interval: float = 60.0, refresh_after: float | None = None
+    ) -> None:
+        super().__init__(plan_path, group, poll_interval)
+        self.refresh_after = refresh_after
+        self.roles = (
+            ("registry", "legacy_online", "new_store") if refresh_after is not None else ("registry",)
+        )
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {**super()._kwargs(), "refresh_after": self.refresh_after}
 
     def check(self, plan: Any, urls: dict[str, str]) -> Any:
         from airflow_fsmigration.triggers.checks import check_soak
 
-        return check_soak(plan, self.group, urls)
+        return check_soak(plan, self.group, urls, refresh_after=self.refresh_after)
 
 
 class BakeTrigger(FsMigrationGateTrigger):
