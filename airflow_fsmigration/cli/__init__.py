@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "airflow_fsmigration.cli.plan_commands",
     "airflow_fsmigration.cli.shadow_commands",
     "airflow_fsmigration.cli.routing_commands",
+    "airflow_fsmigration.cli.serving_commands",
     "airflow_fsmigration.cli.backfill_commands",
     "airflow_fsmigration.cli.feast_commands",
 )
