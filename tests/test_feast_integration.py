@@ -228,14 +228,23 @@ def test_repo_dump_matches_the_definitions(feast_world):
     assert [s["name"] for s in repo.services] == ["driver_activity"]
 
 
+@pytest.mark.parametrize("path", ["pooled", "pipelined"])
 @pytest.mark.parametrize("view", ["driver_hourly_stats", "customer_profile"])
-def test_direct_redis_reader_returns_exactly_what_feast_serves(feast_world, view):
+def test_direct_redis_reader_returns_exactly_what_feast_serves(feast_world, view, path):
     from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource
 
     repo, now = feast_world["repo"], feast_world["now"]
     spec = feast_world["payload"]["online"][view]
     truth = feast_world["truth"]["online"][view]
-    source = FeastRedisOnlineSource(feast_world["redis_url"], repo, conn_id="feast_online", clock=lambda: now)
+    # Small reads go over the pooled connection, large ones over the raw pipeline (batches of 64 here).
+    source = FeastRedisOnlineSource(
+        feast_world["redis_url"],
+        repo,
+        conn_id="feast_online",
+        clock=lambda: now,
+        small_read=2000 if path == "pooled" else 0,
+        batch_size=64,
+    )
     frame = source.read(_group(repo, view), spec["ids"])
     rows = {r["entity_id"]: r for r in frame.to_pylist()}
     absent = present = 0
