@@ -308,8 +308,9 @@ def test_cli_shadow_prints_summary_writes_report_and_exit_codes(
             monkeypatch.setenv(k, v)
     out = tmp_path / "reports"
     code = main(["shadow", str(tmp_path / "plan.yaml"), "g", "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert code == EXIT_FAILED
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == EXIT_FAILED, captured.err[-2000:]
     assert "group g: FAIL" in printed and "[timezone_shift] last_seen_ts: 17 rows" in printed
     html = next(out.glob("shadow_g_*.html")).read_text()
     assert html.count("<svg") >= 3 and "new store is +3h" in html and "<script" not in html
