@@ -194,16 +194,6 @@ def _history(result: ComparisonResult, series: Sequence[ShadowRun]) -> Any:
         return h.section(
             "Over time", h.paragraph("No earlier runs recorded for this group."), anchor="history"
         )
-    xs = [r.logical_time for r in series]
-    mism = [None if r.match_rate is None else (1 - r.match_rate) * 100 for r in series]
-    chart = h.line_chart(
-        xs,
-        {"mismatch rate %": mism},
-        title="Mismatch rate per run (%)",
-        ylabel="% of values differing",
-        threshold=(1 - result.threshold) * 100,
-        threshold_label=f"allowed {(1 - result.threshold):.2%}",
-    )
     rows = [
         [
             r.logical_time.isoformat(timespec="seconds"),
@@ -213,14 +203,20 @@ def _history(result: ComparisonResult, series: Sequence[ShadowRun]) -> Any:
         ]
         for r in list(series)[-30:][::-1]
     ]
-    return h.section(
-        "Over time",
-        chart,
-        h.details(
-            f"last {len(rows)} runs", h.table(["logical time", "verdict", "match rate", "entities"], rows)
-        ),
-        anchor="history",
+    table = h.details(
+        f"last {len(rows)} runs", h.table(["logical time", "verdict", "match rate", "entities"], rows)
     )
+    if len(series) < 2:  # one point makes no line (and a meaningless time axis)
+        return h.section("Over time", h.paragraph("One run recorded so far."), table, anchor="history")
+    chart = h.line_chart(
+        [r.logical_time for r in series],
+        {"mismatch rate %": [None if r.match_rate is None else (1 - r.match_rate) * 100 for r in series]},
+        title="Mismatch rate per run (%)",
+        ylabel="% of values differing",
+        threshold=(1 - result.threshold) * 100,
+        threshold_label=f"allowed {(1 - result.threshold):.2%}",
+    )
+    return h.section("Over time", chart, table, anchor="history")
 
 
 def _gx(gx: GxVerdict | None, schema: GxVerdict | None) -> Any:
