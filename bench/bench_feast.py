@@ -147,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         small_rate, small_wall, small_cpu = _median_rate(small_runs, len(ids))
         print(f"direct reader, batches of {args.batch}: {small_rate:,.0f} entities/s")
 
+        # The floor of any reader making one round trip per batch: Redis PING latency right now.
+        pings = []
+        for _ in range(200):
+            t = time.perf_counter()
+            source.client.ping()
+            pings.append(time.perf_counter() - t)
+        rtt = statistics.median(pings)
+        print(f"Redis round trip (PING, median): {rtt * 1e3:.2f} ms")
+
         bulk_ids = [str(k) for k in all_keys]
         bulk_runs = []
         for _ in range(args.runs):
@@ -202,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--batch {args.batch} --runs {args.runs}`",
             "",
             *table,
+            "",
+            f"Redis round trip (PING, median of 200) during the run: {rtt * 1e3:.2f} ms, so one round trip per "
+            f"batch of {args.batch} caps any reader at {args.batch / rtt:,.0f} entities/s on this machine now.",
             "",
             "Goal: the direct reader at least 10x `get_online_features`. Both sides return the same values "
             "(tests/test_feast_integration.py checks every entity). CPU time is the client process's own "
