@@ -236,3 +236,15 @@ def test_unreachable_redis_names_the_connection():
         source.read(make_group("string"), ["u1"])
     with pytest.raises(StoreUnavailable, match=r"fsmig_legacy_redis"):
         source.entity_ids(make_group("string"))
+
+
+def test_values_that_look_like_protocol_still_read_exactly(redis_url, redis_client):
+    """A value containing a line break then a RESP header defeats the fast parser; hiredis takes over."""
+    group = make_group("string", ts_field=None)
+    tricky = "x\n$3\r\nabc\r\n*2"
+    for i in range(50):
+        redis_client.hset(f"fs:g:e{i}", mapping={"n": str(i), "label": tricky if i == 20 else f"v{i}"})
+    source = RedisOnlineSource(redis_url, None, "fsmig_legacy_redis", batch_size=16)
+    frame = source.read(group, [f"e{i}" for i in range(50)])
+    assert frame.column("n").to_pylist() == list(range(50))
+    assert frame.column("label").to_pylist() == [tricky if i == 20 else f"v{i}" for i in range(50)]

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("airflow_fsmigration.stores")
 
 BATCH = 20_000  # entities per pipelined batch: bounds memory, keeps both ends busy
+PARSE_AT = 8 << 20  # parse received replies in slices of about this many bytes
 _SENTINEL = "\x00"
 
 
@@ -432,51 +433,178 @@ class _Raw:
             self._recv_into_reader()
         return reply
 
-    def pipeline(self, payloads: Iterator[tuple[memoryview | bytes, int]]) -> Iterator[list[Any]]:
+    def _start_writer(self, payloads: Iterator[tuple[Any, int]]) -> _Writer:
+        writer = _Writer(self.sock, payloads)
+        writer.start()
+        return writer
+
+    def _finish(self, writer: _Writer) -> None:
+        """Stop the writer (unblocking it if the reader gave up early) and surface its failure."""
+        if writer.is_alive():
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+        writer.join(timeout=30)
+        if writer.failure is not None:
+            exc = writer.failure
+            if isinstance(exc, OSError):
+                raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
+            raise exc
+
+    def pipeline(self, payloads: Iterator[tuple[Any, int]]) -> Iterator[list[Any]]:
         """Send each payload (``count`` commands) from a writer thread; yield each batch's replies.
 
         Sending and receiving overlap, so the server never waits for the client to finish
         parsing, and the socket buffers can never fill up both ways (the classic pipeline deadlock).
         """
-        import queue
-
-        counts: queue.Queue[int | None] = queue.Queue()
-        failure: list[BaseException] = []
-
-        def writer() -> None:
-            try:
-                for payload, count in payloads:
-                    counts.put(count)
-                    self.sock.sendall(payload)
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                counts.put(None)
-
-        thread = threading.Thread(target=writer, name="fsmig-redis-writer", daemon=True)
-        thread.start()
+        writer = self._start_writer(payloads)
+        completed = False
         try:
-            while (count := counts.get()) is not None:
+            while (count := writer.counts.get()) is not None:
                 replies: list[Any] = []
                 gets = self.reader.gets
                 while len(replies) < count:
                     reply = gets()
                     if reply is False:
-                        if failure:
+                        if writer.failure is not None:
                             break
                         self._recv_into_reader()
                         continue
                     replies.append(reply)
-                if failure:
+                if writer.failure is not None:
                     break
                 yield replies
+            completed = True
         finally:
-            thread.join(timeout=30)
-        if failure:
-            exc = failure[0]
-            if isinstance(exc, OSError):
-                raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
-            raise exc
+            if not completed and writer.is_alive():
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+            self._finish(writer)
+
+    def hmget_columns(
+        self, payloads: Iterator[tuple[Any, int]], total: int, width: int
+    ) -> Iterator[tuple[int, list[pa.Array]]]:
+        """Pipelined HMGETs of ``width`` fields, ``total`` replies in all, as binary Arrow columns.
+
+        Yields ``(replies, columns)`` in order. Received bytes are parsed in large slices by the
+        vectorised parser of :mod:`._resp`; if that refuses (an error reply, an odd value), the
+        rest of the stream goes through hiredis, which raises on error replies like redis-py.
+        """
+        import select
+
+        import numpy as np
+
+        from airflow_fsmigration.stores._resp import Unparseable, parse_hmget
+
+        writer = self._start_writer(payloads)
+        buf = np.empty(PARSE_AT * 2, dtype=np.uint8)
+        filled = done = 0
+        fallback = starved = False
+        completed = False
+        try:
+            while done < total:
+                if fallback:
+                    replies = self._gets_some(total - done)
+                    done += len(replies)
+                    yield len(replies), _columns_from_replies(replies, width)
+                    continue
+                # Parse in big slices, or whatever has arrived once the server pauses.
+                if (
+                    filled
+                    and not starved
+                    and (filled >= PARSE_AT or not select.select([self.sock], [], [], 0.005)[0])
+                ):
+                    pass
+                else:
+                    if filled == buf.size:
+                        buf = np.concatenate([buf, np.empty(buf.size, dtype=np.uint8)])
+                    try:
+                        n = self.sock.recv_into(memoryview(buf)[filled:])
+                    except OSError as exc:
+                        raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
+                    if n == 0:
+                        raise StoreUnavailable(
+                            self.conn_id, "Redis", ConnectionError("server closed the connection")
+                        )
+                    filled += n
+                    starved = False
+                    continue
+                try:
+                    count, used, columns = parse_hmget(memoryview(buf)[:filled], width)
+                except Unparseable as exc:
+                    log.debug("Redis replies need the general parser (%s); switching to hiredis", exc)
+                    self.reader.feed(buf, 0, filled)
+                    filled = 0
+                    fallback = True
+                    continue
+                starved = count == 0  # a reply is cut off: receive before parsing again
+                if count:
+                    done += count
+                    rest = filled - used
+                    buf[:rest] = buf[used:filled]
+                    filled = rest
+                    yield count, columns
+            completed = True
+        finally:
+            if not completed and writer.is_alive():
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+            self._finish(writer)
+
+    def _gets_some(self, most: int) -> list[Any]:
+        """At least one reply from hiredis (receiving as needed), at most ``most``."""
+        replies: list[Any] = []
+        gets = self.reader.gets
+        while len(replies) < most:
+            reply = gets()
+            if reply is False:
+                if replies:
+                    break
+                self._recv_into_reader()
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            replies.append(reply)
+        return replies
+
+
+class _Writer(threading.Thread):
+    """Sends pipelined payloads; counts go to the reader, a failure is kept for it to raise."""
+
+    def __init__(self, sock: socket.socket, payloads: Iterator[tuple[Any, int]]) -> None:
+        import queue
+
+        super().__init__(name="fsmig-redis-writer", daemon=True)
+        self.sock = sock
+        self.payloads = payloads
+        self.counts: queue.Queue[int | None] = queue.Queue()
+        self.failure: BaseException | None = None
+        self.sent_all = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for payload, count in self.payloads:
+                self.counts.put(count)
+                self.sock.sendall(payload)
+        except BaseException as exc:
+            self.failure = exc
+        finally:
+            self.sent_all.set()
+            self.counts.put(None)
+
+
+def _is_reply_error(exc: BaseException) -> bool:
+    import hiredis
+
+    return isinstance(exc, hiredis.ReplyError)
+
+
+def _columns_from_replies(replies: list[Any], width: int) -> list[pa.Array]:
+    """hiredis replies (lists of bytes or None) as binary columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    nested = pa.array(replies, type=pa.list_(pa.binary()))
+    return [pc.list_element(nested, j) for j in range(width)]
 
 
 class _LazyRaw:
@@ -589,28 +717,26 @@ class RedisOnlineSource:
         # Existence checks go over a second connection: the first one is busy with the pipeline.
         aux = _LazyRaw(self.params, self.conn_id)
         progress = Progress(f"group '{g.name}': reading Redis ({self.conn_id})", total=len(ids))
+        start = 0
         try:
-            for chunk, replies in zip(slices, raw.pipeline(payloads()), strict=False):
-                yield self._batch_table(g, chunk, replies, len(fields), aux)
-                progress.add(len(chunk))
+            for count, columns in raw.hmget_columns(payloads(), len(ids), len(fields)):
+                yield self._batch_table(g, ids.slice(start, count), columns, aux)
+                start += count
+                progress.add(count)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable) or not _is_reply_error(exc):
+                raise
+            raise ValueError(
+                f"group '{g.name}': Redis ({self.conn_id}) refused HMGET: {exc}. "
+                f"Are the keys of '{g.legacy_online.key_template}' hashes?"
+            ) from None
         finally:
             raw.close()
             aux.close()
 
     def _batch_table(
-        self, g: FeatureGroup, ids: pa.Array, replies: list[Any], width: int, aux: _LazyRaw
+        self, g: FeatureGroup, ids: pa.Array, columns: list[pa.Array], aux: _LazyRaw
     ) -> pa.Table:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise ValueError(
-                    f"group '{g.name}': Redis ({self.conn_id}) refused HMGET: {reply}. "
-                    f"Are the keys of '{g.legacy_online.key_template}' hashes?"
-                )
-        nested = pa.array(replies, type=pa.list_(pa.binary()))
-        columns = [pc.list_element(nested, j) for j in range(width)]
         present = self._present(g, ids, columns, aux)
         if present is not None:
             ids = ids.filter(present)
