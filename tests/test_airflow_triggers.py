@@ -102,7 +102,7 @@ async def _first_event(trigger, before_done=None, wait: float = 0.6, timeout: fl
 
 @pytest.mark.integration
 def test_soak_trigger_waits_for_green_runs_covering_the_soak(seconds_plan, pg_conn):
-    plan, plan_dir = seconds_plan
+    _plan, plan_dir = seconds_plan
     start = datetime.now(UTC)
     _record_pass(pg_conn, start - timedelta(seconds=1))  # green for 1 s of 3: must wait
     trigger = ShadowSoakTrigger(str(plan_dir), GROUP, poll_interval=0.1)
