@@ -655,16 +655,26 @@ def run_chunk(
 
 
 def _pick_strategy(conn: Any, spine: SpineSpec, chunk: Chunk) -> str:
+    """One evaluation per distinct time when a time's labels cover a large share of the entities.
+
+    A whole-group evaluation costs about what one per-label evaluation costs for every entity, so
+    it pays off only when the labels sharing a time reach a good share of the entities (measured
+    at 1M events: 10k labels per daily time over 10k users ran about as fast either way). The
+    spine's distinct entities stand in for the group's.
+    """
     from psycopg import sql
 
-    ts = sql.Identifier(spine.time_column)
-    labels, distinct = conn.execute(
-        sql.SQL("SELECT count(*), count(DISTINCT {ts}) FROM {t} WHERE {ts} >= %s AND {ts} < %s").format(
-            ts=ts, t=_ident(spine.table)
-        ),
+    ts, ent = sql.Identifier(spine.time_column), sql.Identifier(spine.entity_column)
+    labels, times, entities = conn.execute(
+        sql.SQL(
+            "SELECT count(*), count(DISTINCT {ts}), count(DISTINCT {ent}) FROM {t} WHERE {ts} >= %s AND {ts} < %s"
+        ).format(ts=ts, ent=ent, t=_ident(spine.table)),
         (chunk.lo, chunk.hi),
     ).fetchone()
-    return "per_timestamp" if distinct and labels / distinct >= PER_TIMESTAMP_MIN_LABELS else "lateral"
+    if not times:
+        return "lateral"
+    per_time = labels / times
+    return "per_timestamp" if per_time >= max(PER_TIMESTAMP_MIN_LABELS, 0.5 * entities) else "lateral"
 
 
 def execute_run(

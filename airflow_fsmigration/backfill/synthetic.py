@@ -61,15 +61,17 @@ def create_transactions(
         {"users": users, "merchants": merchants, "start": start, "span": span, "events": events},
     )
     if index:
+        # covering: a per-label evaluation reads an entity's window from the index alone
         conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} (user_id, event_ts)").format(
-                sql.Identifier(f"{name}_user_ts_idx"), ident
-            )
+            sql.SQL(
+                "CREATE INDEX {} ON {} (user_id, event_ts) INCLUDE (merchant_id, amount, status, is_foreign)"
+            ).format(sql.Identifier(f"{name}_user_ts_idx"), ident)
         )
         conn.execute(
             sql.SQL("CREATE INDEX {} ON {} (event_ts)").format(sql.Identifier(f"{name}_ts_idx"), ident)
         )
-    conn.execute(sql.SQL("ANALYZE {}").format(ident))
+    # VACUUM sets the visibility map, so those index-only scans need no heap visit (autocommit conn)
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(ident))
 
 
 def create_spine(
