@@ -244,7 +244,7 @@ def validate_point_in_time(
                 end=end,
             )
         finally:
-            if own:
+            if own and offline_conn is not None:
                 offline_conn.close()
     pairs = [(str(e), t.astimezone(UTC)) for e, t in pairs]
     acc = ComparisonAccumulator(
