@@ -276,3 +276,36 @@ def test_generation_is_reproducible(postgres, demo_plan):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     assert digests[0] == digests[1]
     assert digests[0][0]["transactions"] > 0
+
+
+@pytest.mark.integration
+def test_runner_shadow_step_finds_the_planted_bug_and_nothing_else(demo, monkeypatch, capsys):
+    """The frozen event-log clock lines the new store's now() up with the legacy stores' now."""
+    import argparse
+
+    from airflow_fsmigration.cli import main as fsmigrate
+    from airflow_fsmigration.demo.__main__ import _deploy_and_shadow, _print_shadow_outcome
+
+    env, _url, _ = demo
+    for key, value in env.conn_env.items():
+        monkeypatch.setenv(key, value)
+    out_dir = Path(tempfile.mkdtemp(prefix="fsmig_demo_reports_"))
+    try:
+        args = argparse.Namespace(shadow_sample=0, out=out_dir)
+        outcome = _deploy_and_shadow(env, args, fsmigrate)
+        _print_shadow_outcome(env, outcome)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    assert outcome == {
+        "merchant_stats": "pass",
+        "item_popularity": "pass",
+        "user_session_stats": "FAIL",
+        "user_profile": "pass",
+        "user_txn_stats": "pass",
+        "user_recs_affinity": "FAIL",
+        "user_risk_profile": "pass",
+        "fraud_decision_features": "pass",
+    }
+    out = capsys.readouterr().out
+    assert "[timezone_shift] last_click_ts" in out
+    assert "found the planted bug in 'user_session_stats'" in out

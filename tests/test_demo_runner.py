@@ -1,4 +1,7 @@
-"""``make demo`` end to end at a tiny size: servers start and stop, the assessment is printed."""
+"""``make demo`` end to end at a tiny size: servers start and stop, the assessment is printed.
+
+The shadow step of the runner is tested in ``test_demo_data.py`` on the module's shared data.
+"""
 
 from __future__ import annotations
 
@@ -47,27 +50,12 @@ def test_demo_runner_prints_assessment_and_reuses_data(own_dir, capsys, caplog, 
     assert "Retention audit (connection 'fsmig_events'): " in out
     assert "GAP user_session_stats: raw.clickstream holds events from" in out
     assert "HTML report: " in out and (tmp_path / "r" / "assessment_fraud_recs_platform.html").exists()
-    # The shadow comparison finds the planted bug (and its downstream), and nothing else.
-    outcome = out.split("== shadow outcome ==")[1].split("\n\n")[0]
-    verdicts = dict(line.split() for line in outcome.strip().splitlines() if len(line.split()) == 2)
-    assert verdicts == {
-        "merchant_stats": "pass",
-        "item_popularity": "pass",
-        "user_session_stats": "FAIL",
-        "user_profile": "pass",
-        "user_txn_stats": "pass",
-        "user_recs_affinity": "FAIL",
-        "user_risk_profile": "pass",
-        "fraud_decision_features": "pass",
-    }
-    assert "found the planted bug in 'user_session_stats'" in out
-    assert "[timezone_shift] last_click_ts" in out
     stamp = json.loads((tmp_path / "d" / "env.json").read_text())
     assert stamp["env"]["entities"]["user_id"] == 120
     assert stamp["env"]["bug"]["group"] == "user_session_stats"
 
     # A rerun with the same sizes reuses the data: Redis reloads its snapshot, Postgres keeps its files.
-    assert main([*args, "--no-shadow"]) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "reusing demo data generated as of " + stamp["env"]["now"] in caplog.text
     assert "GAP user_session_stats: raw.clickstream holds events from" in out

@@ -79,6 +79,13 @@ def _start_postgres(data_dir: Path) -> Any:
     return Postgres(url=server.get_uri(), _server=server)
 
 
+def _existing_databases(admin_url: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
 def _reusable(
     stamp_path: Path, fingerprint: str, urls: dict[str, str], redis_url: str
 ) -> dict[str, Any] | None:
@@ -140,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     rd = start_redis(data_dir=data_dir / "redis")
     timings["start servers"] = time.perf_counter() - t0
     try:
-        urls = {role: pg.create_database(name) for role, name in DATABASES.items()}
-        stamp = None if args.regenerate else _reusable(stamp_path, fingerprint, urls, rd.url)
+        urls = {role: pg.database_url(name) for role, name in DATABASES.items()}
+        existing = _existing_databases(pg.url)
+        have_all = all(name in existing for name in DATABASES.values())
+        stamp = None if args.regenerate or not have_all else _reusable(stamp_path, fingerprint, urls, rd.url)
         t0 = time.perf_counter()
         if stamp is None:
             stamp_path.unlink(missing_ok=True)  # a half-generated world must not look reusable
             for role, name in DATABASES.items():
-                urls[role] = pg.create_database(name, drop=True)
+                urls[role] = pg.create_database(name, drop=name in existing)
             log.info(
                 "generating the legacy feature store: %s users, %d days of events, history for %s users",
                 f"{args.entities:,}",

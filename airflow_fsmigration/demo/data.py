@@ -300,8 +300,18 @@ SELECT user_id, created_at, -ln(1 - random()) AS act,
 FROM raw.users ORDER BY user_id
 """
 
-# OFFSET 0 keeps each subquery a planning fence, so random() is drawn once per row.
-_TRANSACTIONS = """
+# k = 1..n per user, n = activity x rate x active days in the span. OFFSET 0 keeps the subquery a
+# planning fence, so each random() is drawn once per row.
+_PER_USER_ROWS = """
+    FROM demo_activity AS a
+    CROSS JOIN LATERAL generate_series(1, floor(a.act * %(rate)s * greatest(extract(epoch FROM
+        %(now)s::timestamptz - greatest(a.created_at, %(start)s::timestamptz)), 0) / 86400)::int) AS k
+    OFFSET 0
+) AS x
+"""
+
+_TRANSACTIONS = (
+    """
 INSERT INTO raw.transactions
 SELECT user_id, 'm' || lpad(m::text, 6, '0'), amount,
        CASE WHEN r < 0.88 THEN 'approved' WHEN r < 0.95 THEN 'declined'
@@ -313,14 +323,12 @@ FROM (
            1 + floor(%(merchants)s * random() ^ 1.6)::int AS m,
            round((exp(random() * 5.3) + random() * 4)::numeric, 2) AS amount,
            random() AS r, random() AS fr, random() AS t
-    FROM demo_activity AS a
-    CROSS JOIN LATERAL generate_series(1, floor(a.act * %(rate)s * greatest(extract(epoch FROM
-        %(now)s::timestamptz - greatest(a.created_at, %(start)s::timestamptz)), 0) / 86400)::int) AS k
-    OFFSET 0
-) AS x
 """
+    + _PER_USER_ROWS
+)
 
-_USER_EVENTS = """
+_USER_EVENTS = (
+    """
 INSERT INTO raw.user_events
 SELECT user_id, user_id || '-d' || dev,
        CASE WHEN r < 0.72 THEN 'login' WHEN r < 0.84 THEN 'login_failed'
@@ -329,26 +337,21 @@ SELECT user_id, user_id || '-d' || dev,
 FROM (
     SELECT a.user_id, greatest(a.created_at, %(start)s::timestamptz) AS s,
            1 + floor(random() * a.devices)::int AS dev, random() AS r, random() AS t
-    FROM demo_activity AS a
-    CROSS JOIN LATERAL generate_series(1, floor(a.act * %(rate)s * greatest(extract(epoch FROM
-        %(now)s::timestamptz - greatest(a.created_at, %(start)s::timestamptz)), 0) / 86400)::int) AS k
-    OFFSET 0
-) AS x
 """
+    + _PER_USER_ROWS
+)
 
-_SESSIONS = """
+_SESSIONS = (
+    """
 CREATE TEMP TABLE demo_sessions AS
 SELECT user_id, user_id || ':' || k AS session_id,
        date_trunc('second', s + (%(now)s::timestamptz - s) * t) AS started_at,
        1 + floor(random() ^ 2 * 12)::int AS n_events
 FROM (
     SELECT a.user_id, k, greatest(a.created_at, %(start)s::timestamptz) AS s, random() AS t
-    FROM demo_activity AS a
-    CROSS JOIN LATERAL generate_series(1, floor(a.act * %(rate)s * greatest(extract(epoch FROM
-        %(now)s::timestamptz - greatest(a.created_at, %(start)s::timestamptz)), 0) / 86400)::int) AS k
-    OFFSET 0
-) AS x
 """
+    + _PER_USER_ROWS
+)
 
 _CLICKSTREAM = """
 INSERT INTO raw.clickstream
