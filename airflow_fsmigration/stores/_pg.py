@@ -114,8 +114,30 @@ def stream_batches(
         cursor.close()
 
 
-def id_param(entity_ids: Any) -> Any:
-    """Entity ids as one array parameter (a pyarrow string array binds as ``text[]``)."""
+def bind(entity_ids: Any, *extra: Any) -> Any:
+    """One row of parameters: the entity ids as a single ``text[]`` (``$1``), then ``extra``.
+
+    Built as an Arrow record batch, so a million ids go to the driver without a Python list.
+    """
+    import pyarrow as pa
+
+    if isinstance(entity_ids, pa.ChunkedArray):
+        entity_ids = entity_ids.combine_chunks()
+    if not isinstance(entity_ids, pa.Array):
+        entity_ids = pa.array([str(i) for i in entity_ids], type=pa.string())
+    ids = entity_ids.cast(pa.string())
+    columns = [pa.ListArray.from_arrays(pa.array([0, len(ids)], pa.int32()), ids)]
+    for value in extra:
+        columns.append(
+            pa.array([value], type=pa.timestamp("us", tz="UTC"))
+            if hasattr(value, "tzinfo")
+            else pa.array([value])
+        )
+    return pa.record_batch(columns, names=[f"p{i + 1}" for i in range(len(columns))])
+
+
+def id_param(entity_ids: Any) -> list[str]:
+    """Entity ids as a Python list of text (for drivers that bind lists; see :func:`bind`)."""
     import pyarrow as pa
 
     if isinstance(entity_ids, pa.ChunkedArray):

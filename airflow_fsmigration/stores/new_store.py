@@ -237,7 +237,7 @@ class NewStore:
         query = sql.SQL("SELECT {} FROM {} AS v WHERE {}").format(
             self._select_list(g, "v", has_source), self.view(g), self._id_filter(g, "v", "$1")
         )
-        return conform(self._fetch(_pg.render(query), [_pg.id_param(entity_ids)]), g)
+        return conform(self._fetch(_pg.render(query), _pg.bind(entity_ids)), g)
 
     def read_as_of(
         self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array, as_of: datetime
@@ -255,7 +255,7 @@ class NewStore:
         query = sql.SQL("SELECT {} FROM (\n{}\n) AS v WHERE {}").format(
             self._select_list(g, "v", has_source), sql.SQL(body), self._id_filter(g, "v", "$1")
         )
-        return conform(self._fetch(_pg.render(query), [_pg.id_param(entity_ids), as_of.astimezone(UTC)]), g)
+        return conform(self._fetch(_pg.render(query), _pg.bind(entity_ids, as_of.astimezone(UTC))), g)
 
     def entity_ids(
         self, group: FeatureGroup | str, *, shard: tuple[int, int] | None = None, limit: int | None = None

@@ -142,9 +142,7 @@ class PostgresOfflineSource:
     def read(self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array) -> pa.Table:
         """The latest history row of each entity."""
         g = self._group(group)
-        return conform(
-            self._fetch(self._latest_query(g, ids=True, as_of=False), [_pg.id_param(entity_ids)]), g
-        )
+        return conform(self._fetch(self._latest_query(g, ids=True, as_of=False), _pg.bind(entity_ids)), g)
 
     def read_as_of(
         self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array, as_of: datetime
@@ -152,7 +150,7 @@ class PostgresOfflineSource:
         """The latest history row of each entity with event time <= ``as_of``."""
         g = self._group(group)
         check_as_of(as_of)
-        params = [_pg.id_param(entity_ids), as_of.astimezone(UTC)]
+        params = _pg.bind(entity_ids, as_of.astimezone(UTC))
         return conform(self._fetch(self._latest_query(g, ids=True, as_of=True), params), g)
 
     def entity_ids(

@@ -56,6 +56,7 @@ log = logging.getLogger("airflow_fsmigration.stores")
 
 BATCH = 20_000  # entities per pipelined batch: bounds memory, keeps both ends busy
 PARSE_AT = 8 << 20  # parse received replies in slices of about this many bytes
+_PONG = b"+PONG\r\n"
 _SENTINEL = "\x00"
 
 
@@ -489,13 +490,15 @@ class _Raw:
         vectorised parser of :mod:`._resp`; if that refuses (an error reply, an odd value), the
         rest of the stream goes through hiredis, which raises on error replies like redis-py.
         """
-        import select
+        import itertools
 
         import numpy as np
 
         from airflow_fsmigration.stores._resp import Unparseable, parse_hmget
 
-        writer = self._start_writer(payloads)
+        # A PING after the last command: its "+PONG" reply marks the end of the stream, so the
+        # reader can block in recv and still know when to parse the last, short slice.
+        writer = self._start_writer(itertools.chain(payloads, [(b"*1\r\n$4\r\nPING\r\n", 0)]))
         buf = np.empty(PARSE_AT * 2, dtype=np.uint8)
         filled = done = 0
         fallback = starved = False
@@ -507,11 +510,11 @@ class _Raw:
                     done += len(replies)
                     yield len(replies), _columns_from_replies(replies, width)
                     continue
-                # Parse in big slices, or whatever has arrived once the server pauses.
+                # Parse in big slices, and the last slice once the end marker has arrived.
                 if (
                     filled
                     and not starved
-                    and (filled >= PARSE_AT or not select.select([self.sock], [], [], 0.005)[0])
+                    and (filled >= PARSE_AT or bytes(buf[max(filled - 7, 0) : filled]) == _PONG)
                 ):
                     pass
                 else:
