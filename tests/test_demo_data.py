@@ -284,7 +284,7 @@ def test_runner_shadow_step_finds_the_planted_bug_and_nothing_else(demo, monkeyp
     import argparse
 
     from airflow_fsmigration.cli import main as fsmigrate
-    from airflow_fsmigration.demo.__main__ import _deploy_and_shadow, _print_shadow_outcome
+    from airflow_fsmigration.demo.__main__ import _deploy_and_shadow, _print_shadow_outcome, write_demo_report
 
     env, _url, _ = demo
     for key, value in env.conn_env.items():
@@ -294,6 +294,10 @@ def test_runner_shadow_step_finds_the_planted_bug_and_nothing_else(demo, monkeyp
         args = argparse.Namespace(shadow_sample=0, out=out_dir)
         outcome = _deploy_and_shadow(env, args, fsmigrate)
         _print_shadow_outcome(env, outcome)
+        page = write_demo_report(env, outcome, out_dir, assessment=out_dir / "a.html").read_text()
+        assert page.count('">report</a>') == 8  # one shadow report per group, linked
+        assert "<b>timezone_shift</b> last_click_ts" in page
+        assert "Found in &#39;user_session_stats&#39;" in page
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     assert outcome == {

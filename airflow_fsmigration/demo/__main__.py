@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome = _deploy_and_shadow(env, args, fsmigrate)
             timings["deploy + shadow"] = time.perf_counter() - t0
             _print_shadow_outcome(env, outcome)
+            report = write_demo_report(env, outcome, args.out, assessment=result.html_path)
+            print(f"\nDemo report: {report.resolve()}")
         timings["total"] = time.perf_counter() - started
         print("\n== timings ==")
         for step, seconds in {**{f"  {k}": v for k, v in env.timings.items()}, **timings}.items():
@@ -268,6 +270,82 @@ def _print_shadow_outcome(env: Any, outcome: dict[str, str]) -> None:
     others = [g for g in failed if g != env.bug.group]
     if others:
         print(f"  also not passing: {', '.join(others)} (downstream of the bug, or see their reports)")
+
+
+def _latest_shadow(out_dir: Path, group: str) -> tuple[dict[str, Any], Path] | tuple[None, None]:
+    """The newest shadow result JSON the shadow CLI wrote for ``group``, and its HTML report."""
+    files = sorted(out_dir.glob(f"shadow_{group}_*.json"))
+    if not files:
+        return None, None
+    return json.loads(files[-1].read_text()), files[-1].with_suffix(".html")
+
+
+def write_demo_report(env: Any, outcome: dict[str, str], out_dir: Path, *, assessment: Path) -> Path:
+    """One page: every group's shadow verdict and match rate, its main explanation, links to the reports."""
+    from airflow_fsmigration.plan.graph import compute_waves, risk_tier
+    from airflow_fsmigration.reports import html as h
+
+    plan = env.load_plan()
+    waves = compute_waves(plan)
+    rows, names, rates, thresholds = [], [], [], []
+    for name in waves.order:
+        data, html_path = _latest_shadow(out_dir, name)
+        rate = data.get("match_rate") if data else None
+        top = (data or {}).get("explanations") or []
+        main = max(top, key=lambda e: e.get("rows", 0)) if top else None
+        rows.append(
+            [
+                waves.wave_of(name),
+                name,
+                h.badge(risk_tier(plan, plan.groups[name])),
+                h.badge(outcome.get(name, "not run").lower()),
+                None if rate is None else f"{rate:.4%}",
+                (data or {}).get("entities_compared"),
+                h.Markup("<b>{}</b> {}: {}").format(main["kind"], main.get("feature") or "", main["evidence"])
+                if main
+                else None,
+                h.Markup('<a href="{}">report</a>').format(html_path.name) if html_path else None,
+            ]
+        )
+        names.append(name)
+        rates.append(0.0 if rate is None else rate * 100)
+        thresholds.append(plan.settings_for(name).consistency_threshold * 100)
+    parts = [
+        h.paragraph(
+            h.Markup("Logical now {} (the event-log clock is frozen there). Inventory: {}.").format(
+                env.now.isoformat(), h.Markup('<a href="{}">assessment</a>').format(assessment.name)
+            )
+        ),
+        h.bar_chart(
+            names,
+            rates,
+            title="Shadow match rate per group (dashed: default threshold)",
+            ylabel="% of values that agree",
+            threshold=min(thresholds),
+            ylim=(min(80.0, *rates), 100.5),
+        ),
+        h.table(["wave", "group", "risk", "shadow", "match rate", "entities", "main explanation", ""], rows),
+    ]
+    if env.bug is not None:
+        found = outcome.get(env.bug.group) == "FAIL"
+        parts.append(
+            h.section(
+                "The planted bug",
+                h.paragraph(
+                    f"{'Found' if found else 'NOT found'} in '{env.bug.group}': {env.bug.description}.",
+                    kind=None if found else "bad",
+                ),
+                h.paragraph(h.Markup("The buggy definition: {}").format(h.code(str(env.bug.sql_path)))),
+            )
+        )
+    parts.append(
+        h.paragraph("Not yet in the demo: ramp, bake, rollback and keep-warm (issue 7).", kind="warn")
+    )
+    path = out_dir / "demo_report.html"
+    h.write_page(
+        path, h.page(f"Demo migration: {plan.name}", h.Markup("\n").join(parts), subtitle=plan.description)
+    )
+    return path
 
 
 def _save_redis(url: str, timeout: float = 600.0) -> bool:
