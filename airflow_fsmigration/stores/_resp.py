@@ -38,26 +38,31 @@ def _headers(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     or unusual ones go through :func:`_headers_general`.
     """
     size = buf.size
-    last = size - 1
-    b = [buf[np.minimum(pos + k, last)] for k in range(1, 6)]  # bytes 1..5 after the marker
+    # Candidates at least 6 bytes before the end (all but the last few: ``pos`` is sorted) are
+    # gathered without bounds checks; the rest go to the general path.
+    cut = int(np.searchsorted(pos, size - 6, side="right"))
+    head = pos[:cut]
+    b = [buf[head + k] for k in range(1, 6)]  # bytes 1..5 after the marker
     d = [x.astype(np.int32) - 48 for x in b[:4]]
     isd = [(x >= 0) & (x <= 9) for x in d]
     value = np.full(pos.size, -2, dtype=np.int64)
     cr = np.zeros(pos.size, dtype=np.int64)
+    v = value[:cut]
+    c = cr[:cut]
     one = isd[0] & (b[1] == 13)
     two = isd[0] & isd[1] & (b[2] == 13)
     nil = (b[0] == 45) & (b[1] == 49) & (b[2] == 13)
     three = isd[0] & isd[1] & isd[2] & (b[3] == 13)
     four = isd[0] & isd[1] & isd[2] & isd[3] & (b[4] == 13)
-    value[one] = d[0][one]
-    value[two] = (d[0] * 10 + d[1])[two]
-    value[nil] = -1
-    value[three] = (d[0] * 100 + d[1] * 10 + d[2])[three]
-    value[four] = (d[0] * 1000 + d[1] * 100 + d[2] * 10 + d[3])[four]
+    v[one] = d[0][one]
+    v[two] = (d[0] * 10 + d[1])[two]
+    v[nil] = -1
+    v[three] = (d[0] * 100 + d[1] * 10 + d[2])[three]
+    v[four] = (d[0] * 1000 + d[1] * 100 + d[2] * 10 + d[3])[four]
     for width, mask in ((1, one), (2, two | nil), (3, three), (4, four)):
-        cr[mask] = pos[mask] + 1 + width
+        c[mask] = head[mask] + 1 + width
     state = np.ones(pos.size, dtype=np.int8)
-    odd = (value == -2) | (pos + 6 > size)
+    odd = value == -2
     if odd.any():
         cr_o, value_o, state_o = _headers_general(buf, pos[odd])
         cr[odd], value[odd], state[odd] = cr_o, value_o, state_o
@@ -106,14 +111,16 @@ def parse_hmget(data: Any, width: int) -> tuple[int, int, list[pa.Array] | None]
     size = buf.size
     if size == 0:
         return 0, 0, None
-    marks = (buf == 36) | (buf == 42)
-    marks[1:] &= buf[:-1] == 10
-    pos = np.flatnonzero(marks)
-    if pos.size == 0 or pos[0] != 0:
+    # Candidates: '$' or '*' right after a line feed (one pass over the bytes, then only LFs).
+    after_lf = np.flatnonzero(buf[:-1] == 10) + 1
+    lead = buf[after_lf]
+    pos = np.concatenate(([0], after_lf[(lead == 36) | (lead == 42)]))
+    if buf[0] not in (36, 42):
         raise Unparseable("stream does not start with a header")
     cr, value, state = _headers(buf, pos)
-    keep = state != 2
-    pos, cr, value, state = pos[keep], cr[keep], value[keep], state[keep]
+    if np.any(state == 2):
+        keep = state != 2
+        pos, cr, value, state = pos[keep], cr[keep], value[keep], state[keep]
     is_star = buf[pos] == 42
     null = value < 0
     length = np.where(is_star | null, 0, value)
@@ -126,8 +133,12 @@ def parse_hmget(data: Any, width: int) -> tuple[int, int, list[pa.Array] | None]
     # refused at once instead of waiting for bytes that will never come.
     if np.any(nxt[: m - 1] != pos[1:m]):
         raise Unparseable("headers do not chain")
-    expected_star = np.arange(m) % step == 0
-    if np.any(is_star[:m] != expected_star) or np.any(value[:m:step] != width):
+    stars = np.flatnonzero(is_star[:m])
+    if (
+        stars.size != (m + step - 1) // step
+        or np.any(stars != np.arange(0, m, step))
+        or np.any(value[:m:step] != width)
+    ):
         raise Unparseable("not HMGET replies")
     replies = m // step
     if replies == 0:
