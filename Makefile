@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test lint format typecheck unit integration bench airflow clean
+.PHONY: install browser feast-venv demo test lint format typecheck unit integration bench airflow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ browser:
 	  echo "installing chromium and chromium-driver (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Feast 0.67 needs pandas<3, so the tests that compare our readers with Feast itself run it in
+# a venv of its own (about 50 s to build once).
+feast-venv:
+	@test -x .venv-feast/bin/python || { $(PYTHON) -m venv .venv-feast && \
+	  .venv-feast/bin/python -m pip install --quiet -r requirements-feast.txt; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -31,7 +37,7 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck browser
+test: lint typecheck browser feast-venv
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)

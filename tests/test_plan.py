@@ -256,3 +256,13 @@ def test_cli_validate_ok_and_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2
     line = _line_of(plan_dir / "groups_fraud.yaml", "backfil_window")
     assert f"groups_fraud.yaml:{line}: groups.merchant_stats.backfil_window: unknown key" in bad.stderr
+
+
+def test_draft_stub_definition_is_named(tmp_path: Path) -> None:
+    plan_dir = _copy_demo(tmp_path)
+    (plan_dir / "sql" / "merchant_stats.sql").write_text("-- TODO(fsmigrate): write the new store's SELECT\n")
+    with pytest.raises(PlanError) as exc:
+        load_plan(plan_dir)
+    [issue] = exc.value.issues
+    assert issue.path == "groups.merchant_stats.definition"
+    assert "merchant_stats.sql is still a draft stub (TODO(fsmigrate))" in issue.message

@@ -20,6 +20,8 @@ from airflow_fsmigration.plan.errors import PlanError, PlanIssue
 from airflow_fsmigration.plan.model import Connections, FeatureGroup, MigrationPlan, Settings
 
 MERGED_SECTIONS = ("groups", "models")
+# Left by `fsmigrate import-feast` where a person must fill something in.
+DRAFT_MARKER = "TODO(fsmigrate)"
 SINGLE_SECTIONS = tuple(k for k in MigrationPlan.model_fields if k not in (*MERGED_SECTIONS, "source_dir"))
 
 
@@ -295,9 +297,20 @@ def _cross_checks(
                     file, line, f"groups.{gname}.definition", f"SQL definition file not found: {sql_path}"
                 )
             )
+        elif DRAFT_MARKER in (sql_text := sql_path.read_text()):
+            file, line = at(gname, "definition")
+            issues.append(
+                PlanIssue(
+                    file,
+                    line,
+                    f"groups.{gname}.definition",
+                    f"{sql_path.name} is still a draft stub ({DRAFT_MARKER}): write the new store's SELECT "
+                    "with an :as_of parameter and remove the marker",
+                )
+            )
         else:
             try:
-                columns = output_columns(sql_path.read_text())
+                columns = output_columns(sql_text)
             except DefinitionError as exc:
                 file, line = at(gname, "definition")
                 issues.append(PlanIssue(file, line, f"groups.{gname}.definition", f"{sql_path.name}: {exc}"))
