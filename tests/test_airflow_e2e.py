@@ -364,3 +364,42 @@ def test_backfill_dag_rejects_an_invalid_form_and_replays_a_valid_one(world, run
     assert run.state == "success", _states(run)
     result = run.get_task_instance("replay").xcom_pull(task_ids="replay")
     assert result["group"] == "user_txn_stats" and result["rows"] > 0 and result["chunks"] >= 1
+
+
+@pytest.mark.airflow
+def test_freeze_then_manual_rollback_dag_records_the_persons_reason(world, run_dag):
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from airflow_fsmigration.operators.routing import FreezeOperator
+
+    plan, group = world["plan"], "user_recs_affinity"
+    with _registry(world) as registry:
+        registry.ensure_schema()
+        registry.register_plan(plan)
+        registry.transition(group, "shadow", actor="test", reason="setup")
+        registry.ramp(
+            group, plan.settings_for(group).ramp_steps[0], actor="test", reason="setup", soak_passed=True
+        )
+
+    with DAG("t_freeze", schedule=None) as freeze_dag:
+        FreezeOperator(
+            task_id="freeze", plan_path=str(world["plan_dir"]), group=group, reason="{{ params.why }}"
+        )
+    run = run_dag(freeze_dag, run_conf={"why": "labels delayed, hold the ramp"})
+    assert run.state == "success", _states(run)
+
+    rollback_id = f"fsmig__{group}__rollback"
+    with pytest.raises(ParamValidationError):
+        run_dag(_dags(world, rollback_id)[rollback_id])  # no reason: the form refuses
+    run = run_dag(
+        _dags(world, rollback_id)[rollback_id], run_conf={"reason": "ranker CTR fell after the ramp"}
+    )
+    assert run.state == "success", _states(run)
+    with _registry(world) as registry:
+        audit = registry.audit(group)
+    assert [(e.to_phase.value, e.reason) for e in audit[-2:]] == [
+        ("frozen", "labels delayed, hold the ramp"),
+        ("rolled_back", "ranker CTR fell after the ramp"),
+    ]
+    assert audit[-1].actor == f"airflow:{rollback_id}.rollback" and audit[-1].from_phase.value == "frozen"
