@@ -421,13 +421,13 @@ class _Raw:
             raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
         if n == 0:
             raise StoreUnavailable(self.conn_id, "Redis", ConnectionError("server closed the connection"))
-        self.reader.feed(self.buf, 0, n)
+        self.reader.feed(self.buf, 0, n)  # type: ignore[arg-type]  # hiredis accepts any buffer
 
     def call(self, *args: bytes) -> Any:
         import hiredis
 
         try:
-            self.sock.sendall(hiredis.pack_command(args))
+            self.sock.sendall(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub says 1-tuple
         except OSError as exc:
             raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
         while (reply := self.reader.gets()) is False:
@@ -521,7 +521,7 @@ class _Raw:
                     if filled == buf.size:
                         buf = np.concatenate([buf, np.empty(buf.size, dtype=np.uint8)])
                     try:
-                        n = self.sock.recv_into(memoryview(buf)[filled:])
+                        n = self.sock.recv_into(buf[filled:].data)
                     except OSError as exc:
                         raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
                     if n == 0:
@@ -532,15 +532,15 @@ class _Raw:
                     starved = False
                     continue
                 try:
-                    count, used, columns = parse_hmget(memoryview(buf)[:filled], width)
+                    count, used, columns = parse_hmget(buf[:filled].data, width)
                 except Unparseable as exc:
                     log.debug("Redis replies need the general parser (%s); switching to hiredis", exc)
-                    self.reader.feed(buf, 0, filled)
+                    self.reader.feed(buf[:filled].tobytes())
                     filled = 0
                     fallback = True
                     continue
                 starved = count == 0  # a reply is cut off: receive before parsing again
-                if count:
+                if count and columns is not None:
                     done += count
                     rest = filled - used
                     buf[:rest] = buf[used:filled]
