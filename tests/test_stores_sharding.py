@@ -58,3 +58,15 @@ def test_bad_shard_is_a_clear_error(shard):
 def test_null_ids_are_rejected():
     with pytest.raises(ValueError, match=r"must not be null"):
         shard_ids(pa.array(["a", None]), 2)
+
+
+def test_scan_dedupe_by_hash_across_merges():
+    from airflow_fsmigration.stores import redis_online
+
+    seen = redis_online._SeenHashes()
+    assert seen.fresh(["a", "b", "a"]) == ["a", "b"]
+    assert seen.fresh(["b", "c"]) == ["c"]
+    seen.merged = np.union1d(seen.merged, np.fromiter(seen.recent, dtype=np.uint64))  # as after a merge
+    seen.recent.clear()
+    assert seen.fresh(["c", "d", "a"]) == ["d"]
+    assert seen.fresh([]) == []
