@@ -703,6 +703,17 @@ class RedisOnlineSource:
     def __repr__(self) -> str:
         return f"RedisOnlineSource(conn_id={self.conn_id!r})"
 
+    def __enter__(self) -> RedisOnlineSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the control client (bulk reads open and close their own sockets)."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+
     def _group(self, group: FeatureGroup | str) -> FeatureGroup:
         if isinstance(group, str):
             if self.plan is None:
