@@ -693,7 +693,9 @@ class RedisOnlineSource:
         if isinstance(url_or_client, str):
             self.params = dict(parse_url(url_or_client))
             self.client = redis.Redis.from_url(url_or_client, socket_connect_timeout=5, socket_timeout=60)
+            self._own_client = True
         else:
+            self._own_client = False
             self.client = url_or_client
             self.params = dict(url_or_client.connection_pool.connection_kwargs)
         connection_class = self.params.pop("connection_class", None)
@@ -710,9 +712,10 @@ class RedisOnlineSource:
         self.close()
 
     def close(self) -> None:
-        """Close the control client (bulk reads open and close their own sockets)."""
-        with contextlib.suppress(Exception):
-            self.client.close()
+        """Close the control client if this source made it (bulk reads open their own sockets)."""
+        if self._own_client:
+            with contextlib.suppress(Exception):
+                self.client.close()
 
     def _group(self, group: FeatureGroup | str) -> FeatureGroup:
         if isinstance(group, str):
