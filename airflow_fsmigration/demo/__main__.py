@@ -427,7 +427,7 @@ def _print_environment(env: Any) -> None:
             f"  planted bug:        group '{env.bug.group}' in the new store ({env.bug.sql_path.name}); "
             "the shadow comparison should find and explain it"
         )
-    print("  not yet in the demo: ramp, rollback and the run report (issue 7)")
+    print("  not yet in the demo: ramp, bake, rollback, keep-warm and the per-group phase timeline (issue 7)")
 
 
 if __name__ == "__main__":
