@@ -238,7 +238,7 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
     schedule: Any = None
     if opts.schedule_on_upstream and upstream_assets:
         schedule = AssetAll(*upstream_assets)
-    common = {"plan_path": ctx.plan_path, "group": group, "owner": ctx.owner(g)}
+    common: dict[str, Any] = {"plan_path": ctx.plan_path, "group": group, "owner": ctx.owner(g)}
     gate_poll = poll_interval(s.shadow_soak, divisions=50)
     soak_poll = poll_interval(s.shadow_soak)
     # The series may have no hole longer than soak/7 (compare.results.soak_from_runs): short soaks

@@ -121,7 +121,7 @@ class ValidateBackfillFormOperator(FsMigrationBaseOperator):
         try:
             return check_backfill_form(
                 self.plan,
-                self.group,
+                self.feature_group.name,
                 start=self.start,
                 end=self.end,
                 cadence=self.cadence,
@@ -172,7 +172,7 @@ class BackfillReplayOperator(FsMigrationBaseOperator):
         try:
             result = run_backfill(
                 self.plan,
-                self.group,  # type: ignore[arg-type]
+                self.feature_group.name,
                 store,
                 registry,
                 event_conn=events,
@@ -220,7 +220,7 @@ class PointInTimeValidationOperator(FsMigrationBaseOperator):
 
         result = point_in_time(
             self.plan,
-            self.group,  # type: ignore[arg-type]
+            self.feature_group.name,
             self.hook,
             samples=int(self.samples),
             days=float(self.days) if self.days not in (None, "") else None,

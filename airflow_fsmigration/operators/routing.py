@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_fsmigration.links import ReportLink
 from airflow_fsmigration.operators.base import FsMigrationBaseOperator, actor_of, dag_run_ref, init_base
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class RampStepOperator(FsMigrationBaseOperator):
         from airflow_fsmigration.operators._runtime import soak_evidence
 
         pct = float(self.percent)
-        steps = self.plan.settings_for(self.group).ramp_steps
+        steps = self.plan.settings_for(self.feature_group).ramp_steps
         if pct not in [float(s) for s in steps]:
             raise ValueError(
                 f"group {self.group!r}: {pct:g}% is not one of the plan's ramp_steps {list(steps)}"
@@ -101,7 +102,7 @@ class RampStepOperator(FsMigrationBaseOperator):
             if isinstance(gate, dict) and gate.get("status") == "pass":
                 soak = {**(gate.get("details") or {}), "passed": True, "gate_task": self.soak_task_id}
             else:
-                soak = soak_evidence(self.plan, self.group, self.hook)
+                soak = soak_evidence(self.plan, self.feature_group.name, self.hook)
             soak_passed = bool(soak.get("passed"))
             evidence["soak"] = soak
         state = self.registry.ramp(
@@ -229,6 +230,7 @@ class LoadTestOperator(FsMigrationBaseOperator):
         "multiplier",
         "duration_seconds",
     )
+    operator_extra_links = (ReportLink(),)
     ui_color = "#fbe3d0"
 
     def __init__(
@@ -244,15 +246,24 @@ class LoadTestOperator(FsMigrationBaseOperator):
         self.report_url: str | None = None
 
     def run(self, context: Context) -> Any:
-        from airflow_fsmigration.operators._runtime import load_test
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return load_test(
+        from airflow_fsmigration.operators._runtime import load_test, report_url, write_report
+
+        result = load_test(
             self.plan,
-            self.group,
+            self.feature_group.name,
             self.hook,
             multiplier=float(self.multiplier) if self.multiplier not in (None, "") else None,
             duration_seconds=float(self.duration_seconds)
             if self.duration_seconds not in (None, "")
             else None,
-            log=self.log,
         )
+        path = write_report("load_test", self.group, context["ti"].run_id, f"Load test: {self.group}", result)
+        self.report_url = report_url(path)
+        if result.get("outcome") != "pass":
+            context["ti"].xcom_push(key="load_test", value=result)
+            raise AirflowFailException(
+                f"group {self.group}: load test {result.get('outcome')}: {result.get('message')}"
+            )
+        return result

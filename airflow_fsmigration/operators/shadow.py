@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def logical_time_of(context: Context) -> datetime:
     """The run's logical time (shards of one run share it); manual runs use the run's ``run_after``."""
-    when = context.get("logical_date")
+    when: Any = context.get("logical_date")
     if when is None:
         dag_run = context.get("dag_run")
         when = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None)
@@ -83,7 +83,7 @@ class ShadowCompareOperator(FsMigrationBaseOperator):
         sample = None if self.sample_size in (None, "") else int(self.sample_size)  # type: ignore[arg-type]
         result = shadow_compare(
             self.plan,
-            self.group,  # type: ignore[arg-type]
+            self.feature_group.name,
             self.hook,
             shard=shard,
             sample_size=sample,

@@ -54,7 +54,7 @@ class SchemaParityOperator(FsMigrationBaseOperator):
 
         result = schema_parity(
             self.plan,
-            self.group,
+            self.feature_group.name,
             self.hook,
             sample_size=int(self.sample_size),
             run_id=context["ti"].run_id,  # type: ignore[arg-type]

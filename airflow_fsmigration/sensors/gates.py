@@ -173,7 +173,10 @@ class ShadowSoakSensor(FsMigrationGateSensor):
         from airflow_fsmigration.triggers.gates import ShadowSoakTrigger
 
         return ShadowSoakTrigger(
-            self.plan_path, self.group, poll_interval=self.poke_interval, refresh_after=self.refresh_after
+            self.plan_path,
+            self.feature_group.name,
+            poll_interval=self.poke_interval,
+            refresh_after=self.refresh_after,
         )
 
 
@@ -208,7 +211,7 @@ class BakeSensor(FsMigrationGateSensor):
         urls = self.urls(("registry", "model_metrics", "legacy_online"))
         return check_bake(
             self.plan,
-            self.group,
+            self.feature_group.name,
             urls,
             self.windows,
             inconclusive_grace=self.inconclusive_grace,  # type: ignore[arg-type]
@@ -219,7 +222,7 @@ class BakeSensor(FsMigrationGateSensor):
 
         return BakeTrigger(
             self.plan_path,
-            self.group,
+            self.feature_group.name,
             windows=self.windows,
             poll_interval=self.poke_interval,
             inconclusive_grace=self.inconclusive_grace,
@@ -262,4 +265,4 @@ class KeepWarmSensor(FsMigrationGateSensor):
     def trigger(self) -> Any:
         from airflow_fsmigration.triggers.gates import KeepWarmTrigger
 
-        return KeepWarmTrigger(self.plan_path, self.group, poll_interval=self.poke_interval)
+        return KeepWarmTrigger(self.plan_path, self.feature_group.name, poll_interval=self.poke_interval)

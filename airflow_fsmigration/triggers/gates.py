@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -49,7 +49,7 @@ class FsMigrationGateTrigger(BaseTrigger):
     :param poll_interval: seconds between checks.
     """
 
-    roles: ClassVar[tuple[str, ...]] = ("registry",)
+    roles: tuple[str, ...] = ("registry",)
 
     def __init__(self, plan_path: str, group: str, poll_interval: float = 60.0) -> None:
         super().__init__()
