@@ -313,3 +313,21 @@ def test_runner_shadow_step_finds_the_planted_bug_and_nothing_else(demo, monkeyp
     out = capsys.readouterr().out
     assert "[timezone_shift] last_click_ts" in out
     assert "found the planted bug in 'user_session_stats'" in out
+
+
+@pytest.mark.integration
+def test_model_metrics_baseline_for_every_model(demo, demo_plan):
+    import psycopg
+
+    env, url, _ = demo
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT model, metric, count(*), min(ts), max(ts), avg(value) FROM fsmig.model_metrics "
+            "GROUP BY model, metric ORDER BY model, metric"
+        ).fetchall()
+    assert len(rows) == 2 * len(demo_plan.models) == 12
+    assert {r[2] for r in rows} == {7 * 24}
+    assert {(r[3], r[4]) for r in rows} == {(NOW - timedelta(days=7), NOW - timedelta(hours=1))}
+    fraud_auc = next(r[5] for r in rows if r[:2] == ("fraud_gbdt_v7", "auc"))
+    assert abs(fraud_auc - 0.942) < 0.001
+    assert env.counts["model_metrics"] == 12 * 168

@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger("airflow_fsmigration.demo")
 
 REPO_PLAN = Path(__file__).resolve().parents[2] / "include" / "demo_plan"
-GENERATOR_VERSION = 2  # bump when the generated data changes shape, so stale demo data is regenerated
+GENERATOR_VERSION = 3  # bump when the generated data changes shape, so stale demo data is regenerated
 DATABASES = {"events": "fsmig_events", "legacy": "fsmig_legacy", "registry": "fsmig_registry"}
 
 

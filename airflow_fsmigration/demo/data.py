@@ -23,7 +23,9 @@ What it writes (one Postgres server, Redis db 0):
 - **Legacy online store** (Redis): one hash per entity at the group's key template, computed as
   of ``now`` with the correct definitions and written with pipelined ``HSET``
   (see :func:`encode_value` for the value encodings).
-- **Registry** (database ``registry``): empty; the registry creates its schema on first use.
+- **Registry and model metrics** (database ``registry``): the registry creates its tables on
+  first use; ``fsmig.model_metrics`` gets a week of hourly AUC and precision per model before
+  ``now`` (:func:`write_model_metrics`), the pre-ramp baseline of the bake gates.
 - **A frozen clock** in the event-log database (:func:`freeze_clock`): ``now()`` there returns the
   logical now the legacy stores were computed at, so the new store's live views and the old store
   are compared at the same logical time, however long after generation the demo runs.
@@ -848,6 +850,51 @@ def freeze_clock(conn: Any, now: datetime) -> None:
     log.info("event-log clock frozen at %s (demo only): the new store's now() is the legacy stores' now", now)
 
 
+# --- model metrics ----------------------------------------------------------------------------
+
+# A plausible steady level per model: (AUC, precision at the decision threshold).
+MODEL_BASELINES = {
+    "fraud_gbdt_v7": (0.942, 0.81),
+    "fraud_rules_shadow": (0.874, 0.66),
+    "account_takeover_v3": (0.911, 0.74),
+    "merchant_risk_v2": (0.853, 0.62),
+    "recs_ranker_v12": (0.781, 0.35),
+    "recs_candidate_gen_v4": (0.743, 0.28),
+}
+
+
+def write_model_metrics(
+    conn: Any, plan: MigrationPlan, *, end: datetime, days: int = 7, seed: float = 0.42
+) -> int:
+    """Hourly AUC and precision-at-threshold per model over ``days`` before ``end``: the pre-ramp
+    baseline the bake gates compare against (``fsmig.model_metrics`` of the model-metrics database).
+    """
+    import random
+
+    from airflow_fsmigration.registry.gates import AUC, PRECISION, ensure_metrics_schema
+
+    ensure_metrics_schema(conn)
+    rng = random.Random(seed)
+    rows = []
+    for model in sorted({m for g in plan.groups.values() for m in g.models} | set(plan.models)):
+        auc, precision = MODEL_BASELINES.get(model, (0.8, 0.5))
+        for hour in range(days * 24):
+            ts = end - timedelta(hours=days * 24 - hour)
+            rows.append((model, AUC, round(auc + rng.gauss(0, 0.002), 5), ts))
+            rows.append((model, PRECISION, round(precision + rng.gauss(0, 0.004), 5), ts))
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("DELETE FROM fsmig.model_metrics WHERE ts <= %s", (end,))
+        with cur.copy("COPY fsmig.model_metrics (model, metric, value, ts) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    log.info(
+        "model metrics: %d hourly points for %d models (pre-ramp baseline)",
+        len(rows),
+        len(rows) // (days * 48),
+    )
+    return len(rows)
+
+
 # --- all of it -----------------------------------------------------------------------------------
 
 
@@ -941,6 +988,9 @@ def generate_demo(
             from airflow_fsmigration.plan import load_plan
 
             deploy_new_store(events, load_plan(target_dir))
+
+    with psycopg.connect(registry_url, autocommit=True) as metrics:
+        counts["model_metrics"] = write_model_metrics(metrics, plan, end=now, seed=seed)
 
     urls = connection_urls(
         plan, events_url=events_url, legacy_url=legacy_url, registry_url=registry_url, redis_url=redis_url
