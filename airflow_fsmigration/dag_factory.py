@@ -27,7 +27,7 @@ from airflow_fsmigration.triggers.checks import poll_interval
 if TYPE_CHECKING:
     from airflow.sdk import DAG, Asset
 
-    from airflow_fsmigration.plan import FeatureGroup, MigrationPlan
+    from airflow_fsmigration.plan import FeatureGroup, MigrationPlan, Settings
 
 MIGRATE, ROLLBACK, BACKFILL, NIGHTLY = "migrate", "rollback", "backfill", "nightly_consistency"
 CADENCE_CHOICES = ("1h", "6h", "12h", "1d", "7d")
@@ -108,6 +108,9 @@ class _Context:
         for name, g in plan.groups.items():
             for up in g.depends_on:
                 self.downstream.setdefault(up, []).append(name)
+        # Effective settings re-validate the overrides with pydantic on every call: once per group.
+        self._settings: dict[str, Settings] = {}
+        self._risk: dict[str, str] = {}
         # Explicit values: the DAG constructor would otherwise read each from the config per DAG,
         # which costs more than the rest of a small DAG together.
         from airflow.sdk import conf
@@ -123,12 +126,22 @@ class _Context:
             ),
         }
 
+    def settings(self, group: str) -> Settings:
+        if group not in self._settings:
+            self._settings[group] = self.plan.settings_for(group)
+        return self._settings[group]
+
+    def high_traffic(self, group: str) -> bool:
+        return self.plan.groups[group].qps.peak >= self.settings(group).high_traffic_qps
+
     def tags(self, kind: str, group: str | None = None) -> list[str]:
         tags = [*self.options.tags, f"plan:{self.plan.name}", kind]
         if group is not None:
-            from airflow_fsmigration.plan.graph import risk_tier
+            if group not in self._risk:
+                from airflow_fsmigration.plan.graph import risk_tier
 
-            tags += [f"wave:{self.wave[group]}", f"risk:{risk_tier(self.plan, self.plan.groups[group])}"]
+                self._risk[group] = risk_tier(self.plan, self.plan.groups[group])
+            tags += [f"wave:{self.wave[group]}", f"risk:{self._risk[group]}"]
         return tags
 
     def owner(self, group: FeatureGroup | None) -> str:
@@ -147,7 +160,7 @@ def group_doc(ctx: _Context, group: str, kind: str) -> str:
     """Markdown shown on each DAG's page: what the group is, who depends on it, how to roll back."""
     plan = ctx.plan
     g = plan.groups[group]
-    s = plan.settings_for(group)
+    s = ctx.settings(group)
     t = s.rollback_triggers
     models = []
     for m in g.models:
@@ -165,7 +178,7 @@ def group_doc(ctx: _Context, group: str, kind: str) -> str:
         f"- **QPS**: peak {g.qps.peak:g}, average {g.qps.average:g}"
         + (
             f" (high traffic: load test at {s.load_test_multiplier:g}x peak)"
-            if plan.is_high_traffic(g)
+            if ctx.high_traffic(group)
             else ""
         ),
         f"- **Upstream groups**: {', '.join(g.depends_on) or 'none'}; "
@@ -233,7 +246,7 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
 
     plan, opts = ctx.plan, ctx.options
     g = plan.groups[group]
-    s = plan.settings_for(group)
+    s = ctx.settings(group)
     upstream_assets = [cutover_asset(plan, u) for u in g.depends_on]
     schedule: Any = None
     if opts.schedule_on_upstream and upstream_assets:
@@ -288,7 +301,7 @@ def build_migrate_dag(ctx: _Context, group: str) -> DAG:
         )
         pit = PointInTimeValidationOperator(task_id="point_in_time", **common)
         chain_ = [gate, deploy, parity, shadow, soak, pit]
-        if plan.is_high_traffic(g):
+        if ctx.high_traffic(group):
             chain_.append(LoadTestOperator(task_id="load_test", **common))
         bakes = []
         for step in s.ramp_steps:

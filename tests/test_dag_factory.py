@@ -224,7 +224,9 @@ def _parse_in_subprocess(plan: Path, cache: Path, extra_env: dict[str, str] | No
         from airflow.dag_processing.dagbag import DagBag
         bag = DagBag({str(DAG_FILE)!r}, safe_mode=False)
         print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
-                          "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+                          "heavy": [m for m in {HEAVY!r} if m in sys.modules],
+                          "asset_scheduled": sorted(d for d, dag in bag.dags.items()
+                                                    if type(dag.timetable).__name__ == "AssetTriggeredTimetable")}}))
         """
     )
     env = {**os.environ, "FSMIG_PLAN": str(plan), "FSMIG_CACHE_DIR": str(cache), **(extra_env or {})}
@@ -245,6 +247,12 @@ def test_dag_file_parses_without_heavy_imports_cold_and_warm(tmp_path):
         DEMO, tmp_path / "cache", {"_AIRFLOW_PARSING_CONTEXT_DAG_ID": "fsmig__user_profile__rollback"}
     )
     assert one["dags"] == ["fsmig__user_profile__rollback"]
+    assets = _parse_in_subprocess(DEMO, tmp_path / "cache", {"FSMIG_SCHEDULE_ON_UPSTREAM": "true"})
+    assert assets["errors"] == {} and assets["asset_scheduled"] == [
+        "fsmig__fraud_decision_features__migrate",
+        "fsmig__user_recs_affinity__migrate",
+        "fsmig__user_risk_profile__migrate",
+    ]
 
 
 @pytest.mark.unit
