@@ -287,3 +287,24 @@ def test_plan_cache_invalidates_when_a_sql_file_changes(tmp_path, monkeypatch):
     second = load_plan_cached(plan_dir, isolate=False)
     assert second is not first
     assert second.groups.keys() == first.groups.keys()
+
+
+@pytest.mark.unit
+def test_an_invalid_plan_is_cached_until_a_file_changes(tmp_path, monkeypatch):
+    from airflow_fsmigration.plan import PlanError
+    from airflow_fsmigration.plan.cache import load_plan_cached
+
+    monkeypatch.setenv("FSMIG_CACHE_DIR", str(tmp_path / "cache"))
+    plan_dir = tmp_path / "plan"
+    shutil.copytree(DEMO, plan_dir)
+    good = (plan_dir / "plan.yaml").read_text()
+    (plan_dir / "plan.yaml").write_text(good.replace("keep_warm: 30d", "keep_warm: forever"))
+    with pytest.raises(PlanError) as first:
+        load_plan_cached(plan_dir)  # validated in a child process, which caches the error
+    assert len(list((tmp_path / "cache").glob("plan-*.pickle"))) == 1
+    with pytest.raises(PlanError) as second:
+        load_plan_cached(plan_dir)  # from the cache
+    assert str(second.value) == str(first.value) and "defaults.keep_warm" in str(first.value)
+    (plan_dir / "plan.yaml").write_text(good)
+    os.utime(plan_dir / "plan.yaml", ns=(0, (plan_dir / "plan.yaml").stat().st_mtime_ns + 10_000_000))
+    assert len(load_plan_cached(plan_dir).groups) == 8

@@ -15,6 +15,7 @@ and line. The cache directory is local and written only by this module (atomic r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -77,7 +78,14 @@ def _dependencies(plan: MigrationPlan, path: Path) -> list[Path]:
     return files
 
 
+def _error_dependencies(path: Path) -> list[Path]:
+    """What an invalid plan may depend on: its YAML files and every SQL file beside them."""
+    root = path if path.is_dir() else path.parent
+    return [*_yaml_files(path), *sorted(root.rglob("*.sql"))]
+
+
 def _read_cached(path: Path) -> MigrationPlan | None:
+    """The cached plan, or None when missing or stale; a cached invalid plan raises its PlanError."""
     file = _cache_file(path)
     try:
         with file.open("rb") as fh:
@@ -91,19 +99,24 @@ def _read_cached(path: Path) -> MigrationPlan | None:
         return None
     if _stamp([Path(f) for f, _, _ in entry["stamp"]]) != entry["stamp"]:
         return None
+    if "issues" in entry:
+        if [str(f) for f in _error_dependencies(path)] != [f for f, _, _ in entry["stamp"]]:
+            return None  # a SQL file was added or removed
+        raise PlanError([PlanIssue(**i) for i in entry["issues"]])
     return entry["plan"]
 
 
-def write_cache(plan: MigrationPlan, path: str | Path) -> Path:
-    """Store a validated plan for ``path``; returns the cache file (written atomically)."""
+def write_cache(plan: MigrationPlan | PlanError, path: str | Path) -> Path:
+    """Store a validated plan for ``path`` (or its PlanError, so an invalid plan is not re-validated
+    on every parse until a file changes); returns the cache file (written atomically)."""
     path = Path(path).resolve()
-    deps = _dependencies(plan, path)
-    entry = {
-        "format": CACHE_FORMAT,
-        "yaml_files": [str(f) for f in _yaml_files(path)],
-        "stamp": _stamp(deps),
-        "plan": plan,
-    }
+    entry: dict[str, Any] = {"format": CACHE_FORMAT, "yaml_files": [str(f) for f in _yaml_files(path)]}
+    if isinstance(plan, PlanError):
+        entry["stamp"] = _stamp(_error_dependencies(path))
+        entry["issues"] = [vars(i) for i in plan.issues]
+    else:
+        entry["stamp"] = _stamp(_dependencies(plan, path))
+        entry["plan"] = plan
     target = _cache_file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".plan-", suffix=".tmp")
@@ -183,6 +196,8 @@ def _main(argv: list[str]) -> int:
         plan = load_plan(path)
     except PlanError as exc:
         print(json.dumps({"issues": [vars(i) for i in exc.issues]}))
+        with contextlib.suppress(OSError):  # the parent still gets the issues on stdout
+            write_cache(exc, path)
         return 2
     write_cache(plan, path)
     return 0
