@@ -248,3 +248,12 @@ def test_values_that_look_like_protocol_still_read_exactly(redis_url, redis_clie
     frame = source.read(group, [f"e{i}" for i in range(50)])
     assert frame.column("n").to_pylist() == list(range(50))
     assert frame.column("label").to_pylist() == [tricky if i == 20 else f"v{i}" for i in range(50)]
+
+
+def test_duplicate_ids_give_one_row_each(redis_url, redis_client):
+    redis_client.hset("fs:g:a", mapping={"n": "1"})
+    redis_client.hset("fs:g:b", mapping={"n": "2"})
+    source = RedisOnlineSource(redis_url, None, "fsmig_legacy_redis")
+    frame = source.read(make_group("string", ts_field=None), ["b", "a", "b", "zz", "a"])
+    assert frame.column("entity_id").to_pylist() == ["b", "a"]
+    assert frame.column("n").to_pylist() == [2, 1]

@@ -754,6 +754,9 @@ class RedisOnlineSource:
             ids = ids.combine_chunks()
         if len(ids) == 0:
             return
+        unique = ids.unique()  # first occurrences, in order: one row per entity, like the SQL stores
+        if len(unique) < len(ids):
+            ids = unique
         fields = self.layout.fields(g)
         step = self.batch_size
         slices = [ids.slice(i, step) for i in range(0, len(ids), step)]
