@@ -49,6 +49,10 @@ integration: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m airflow_fsmigration.demo
 
+# Airflow with the project's DAGs, the cockpit and connections to the embedded demo stores.
+airflow: $(STAMP)
+	$(BIN)/python -m airflow_fsmigration.demo.airflow_local
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
