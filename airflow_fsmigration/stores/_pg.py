@@ -7,14 +7,19 @@ go through psycopg, whose :mod:`psycopg.sql` quotes identifiers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 from airflow_fsmigration.connections import StoreUnavailable
+from airflow_fsmigration.stores.frames import ENTITY, conform
+from airflow_fsmigration.stores.sharding import shard_mask
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from psycopg import sql as pgsql
+
+    from airflow_fsmigration.plan.model import FeatureGroup
 
 # The plan's entity dtype -> the SQL type the key is compared as.
 ENTITY_SQL_TYPES = {"string": "text", "int64": "bigint"}
@@ -80,18 +85,25 @@ def plain(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-def fetch_table(conn: Any, query: str, params: Sequence[Any] | None, conn_id: str, what: str) -> pa.Table:
-    """Run ``query`` and return all rows as Arrow; connection failures become StoreUnavailable."""
+@contextlib.contextmanager
+def _cursor(conn: Any, conn_id: str, what: str) -> Iterator[Any]:
+    """A cursor closed afterwards; an error meaning the server is unreachable becomes StoreUnavailable."""
     cursor = conn.cursor()
     try:
-        cursor.execute(query, parameters=params)
-        return plain(cursor.fetch_arrow_table())
+        yield cursor
     except Exception as exc:
         if is_unavailable(exc):
             raise StoreUnavailable(conn_id, what, exc) from exc
         raise
     finally:
         cursor.close()
+
+
+def fetch_table(conn: Any, query: str, params: Sequence[Any] | None, conn_id: str, what: str) -> pa.Table:
+    """Run ``query`` and return all rows as Arrow; connection failures become StoreUnavailable."""
+    with _cursor(conn, conn_id, what) as cursor:
+        cursor.execute(query, parameters=params)
+        return plain(cursor.fetch_arrow_table())
 
 
 def stream_batches(
@@ -100,18 +112,69 @@ def stream_batches(
     """Run ``query`` and yield its rows batch by batch (bounded memory for whole-group scans)."""
     import pyarrow as pa
 
-    cursor = conn.cursor()
-    try:
+    with _cursor(conn, conn_id, what) as cursor:
         cursor.execute(query, parameters=params)
-        reader = cursor.fetch_record_batch()
-        for batch in reader:
+        for batch in cursor.fetch_record_batch():
             yield plain(pa.Table.from_batches([batch]))
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise StoreUnavailable(conn_id, what, exc) from exc
-        raise
-    finally:
-        cursor.close()
+
+
+def sorted_ids(
+    fetch: Callable[[pgsql.Composable], pa.Table],
+    query: pgsql.Composable,
+    shard: tuple[int, int] | None,
+    limit: int | None,
+) -> list[str]:
+    """The ``entity_id`` column of ``query`` (sorted distinct keys): one hash shard, at most ``limit``.
+
+    Without a shard the limit goes to the server; with one it cannot (the shard is a client-side
+    hash filter), so the ids are filtered first and cut after.
+    """
+    from psycopg import sql
+
+    if limit is not None and shard is None:
+        query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
+    ids = fetch(query).column(ENTITY)
+    if shard is not None:
+        ids = ids.filter(shard_mask(ids, shard))
+    result: list[str] = ids.to_pylist()
+    return result[:limit] if limit is not None else result
+
+
+def conformed(
+    batches: Iterator[pa.Table], group: FeatureGroup, shard: tuple[int, int] | None
+) -> Iterator[pa.Table]:
+    """Streamed batches in the frame contract, keeping only one hash shard's rows if asked."""
+    for batch in batches:
+        if shard is not None:
+            batch = batch.filter(shard_mask(batch.column(ENTITY), shard))
+        yield conform(batch, group)
+
+
+class AdbcReader:
+    """Lazy autocommit ADBC connection, ``close()`` and context manager for the Postgres-wire readers."""
+
+    store: str
+    url: str
+    conn_id: str
+    _adbc: Any = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._adbc is not None:
+            try:
+                self._adbc.close()
+            finally:
+                self._adbc = None
+
+    def _arrow(self) -> Any:
+        if self._adbc is None:
+            self._adbc = adbc_connect(self.url, self.conn_id, self.store)
+        return self._adbc
 
 
 def bind(entity_ids: Any, *extra: Any) -> Any:

@@ -23,7 +23,6 @@ from airflow_fsmigration.stores import _pg
 from airflow_fsmigration.stores.base import DEFAULT_CHUNK, check_as_of, rechunk
 from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, conform, feature_schema
 from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
-from airflow_fsmigration.stores.sharding import shard_mask
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -199,13 +198,7 @@ class FeastPostgresOfflineSource(PostgresOfflineSource):
         query = sql.SQL("SELECT DISTINCT CAST(src.{} AS text) AS {} FROM {} ORDER BY 1").format(
             key, _pg.ident(ENTITY), self._from(view)
         )
-        if limit is not None and shard is None:
-            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
-        ids = self._fetch(query, None).column(ENTITY)
-        if shard is not None:
-            ids = ids.filter(shard_mask(ids, shard))
-        result = ids.to_pylist()
-        return result[:limit] if limit is not None else result
+        return _pg.sorted_ids(lambda q: self._fetch(q, None), query, shard, limit)
 
     def scan(
         self,
@@ -246,14 +239,8 @@ class FeastPostgresOfflineSource(PostgresOfflineSource):
             where=sql.SQL(" AND ").join(where),
             order=sql.SQL(", ").join(order),
         )
-
-        def batches() -> Iterator[pa.Table]:
-            for batch in _pg.stream_batches(self._arrow(), _pg.render(query), [at], self.conn_id, self.store):
-                if shard is not None:
-                    batch = batch.filter(shard_mask(batch.column(ENTITY), shard))
-                yield conform(batch, g)
-
-        yield from rechunk(batches(), chunk_size)
+        batches = _pg.stream_batches(self._arrow(), _pg.render(query), [at], self.conn_id, self.store)
+        yield from rechunk(_pg.conformed(batches, g, shard), chunk_size)
 
     def freshness(self, group: FeatureGroup | str) -> datetime | None:
         """The newest event time in the view's batch source."""

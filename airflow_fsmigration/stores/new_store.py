@@ -19,7 +19,6 @@ from airflow_fsmigration.stores import _pg
 from airflow_fsmigration.stores.base import DEFAULT_CHUNK, UpstreamNotDeployed, check_as_of, rechunk
 from airflow_fsmigration.stores.dialect import StoreDialect, dialect_for
 from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, conform
-from airflow_fsmigration.stores.sharding import shard_mask
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,7 +35,7 @@ class DeployError(RuntimeError):
     """A group's definition could not be deployed; the message names the group and the cause."""
 
 
-class NewStore:
+class NewStore(_pg.AdbcReader):
     """A Postgres-wire new store (RisingWave or Postgres) holding one view per feature group."""
 
     store = "new store"
@@ -53,19 +52,6 @@ class NewStore:
     def __repr__(self) -> str:
         return f"NewStore(conn_id={self.conn_id!r}, dialect={self.dialect.name!r})"
 
-    def __enter__(self) -> NewStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._adbc is not None:
-            try:
-                self._adbc.close()
-            finally:
-                self._adbc = None
-
     # -- plumbing ----------------------------------------------------------------------------
 
     def _group(self, group: FeatureGroup | str) -> FeatureGroup:
@@ -75,11 +61,6 @@ class NewStore:
         from airflow_fsmigration.connections import connect_postgres
 
         return connect_postgres(self.conn_id, self.url, autocommit=True)
-
-    def _arrow(self) -> Any:
-        if self._adbc is None:
-            self._adbc = _pg.adbc_connect(self.url, self.conn_id, self.store)
-        return self._adbc
 
     def view(self, group: FeatureGroup | str) -> pgsql.Identifier:
         return _pg.qualified(self.plan.view_name(self._group(group).name))
@@ -267,13 +248,7 @@ class NewStore:
         query = sql.SQL("SELECT DISTINCT CAST({} AS text) AS {} FROM {} ORDER BY 1").format(
             _pg.ident(g.entity_key), _pg.ident(ENTITY), self.view(g)
         )
-        if limit is not None and shard is None:
-            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
-        ids = self._fetch(_pg.render(query), None).column(ENTITY)
-        if shard is not None:
-            ids = ids.filter(shard_mask(ids, shard))
-        result = ids.to_pylist()
-        return result[:limit] if limit is not None else result
+        return _pg.sorted_ids(lambda q: self._fetch(_pg.render(q), None), query, shard, limit)
 
     def scan(
         self,
@@ -293,14 +268,8 @@ class NewStore:
         conn = self._arrow()
         if (stmt := self.dialect.before_read()) is not None:
             _pg.fetch_table(conn, stmt, None, self.conn_id, self.store)
-
-        def batches() -> Iterator[pa.Table]:
-            for batch in _pg.stream_batches(conn, _pg.render(query), None, self.conn_id, self.store):
-                if shard is not None:
-                    batch = batch.filter(shard_mask(batch.column(ENTITY), shard))
-                yield conform(batch, g)
-
-        yield from rechunk(batches(), chunk_size)
+        batches = _pg.stream_batches(conn, _pg.render(query), None, self.conn_id, self.store)
+        yield from rechunk(_pg.conformed(batches, g, shard), chunk_size)
 
     def freshness(self, group: FeatureGroup | str) -> datetime | None:
         """The newest ``source_ts`` in the live view."""

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from airflow_fsmigration.stores import _pg
 from airflow_fsmigration.stores.base import DEFAULT_CHUNK, check_as_of, rechunk
 from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, conform
-from airflow_fsmigration.stores.sharding import shard_mask
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -28,7 +27,7 @@ class OfflineTableError(LookupError):
     """The history table of a group is missing or lacks a column the plan names."""
 
 
-class PostgresOfflineSource:
+class PostgresOfflineSource(_pg.AdbcReader):
     """Reads a group's history table with ADBC (Arrow end to end)."""
 
     store = "Postgres offline"
@@ -43,30 +42,12 @@ class PostgresOfflineSource:
     def __repr__(self) -> str:
         return f"PostgresOfflineSource(conn_id={self.conn_id!r})"
 
-    def __enter__(self) -> PostgresOfflineSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._adbc is not None:
-            try:
-                self._adbc.close()
-            finally:
-                self._adbc = None
-
     def _group(self, group: FeatureGroup | str) -> FeatureGroup:
         if isinstance(group, str):
             if self.plan is None:
                 raise ValueError(f"group '{group}' given by name, but this source has no plan")
             return self.plan.groups[group]
         return group
-
-    def _arrow(self) -> Any:
-        if self._adbc is None:
-            self._adbc = _pg.adbc_connect(self.url, self.conn_id, self.store)
-        return self._adbc
 
     def _fetch(self, query: pgsql.Composable, params: Sequence[Any] | None) -> pa.Table:
         return _pg.fetch_table(self._arrow(), _pg.render(query), params, self.conn_id, self.store)
@@ -163,13 +144,7 @@ class PostgresOfflineSource:
         query = sql.SQL("SELECT DISTINCT CAST({} AS text) AS {} FROM {} ORDER BY 1").format(
             _pg.ident(self.entity_column(g)), _pg.ident(ENTITY), _pg.qualified(g.legacy_offline.table)
         )
-        if limit is not None and shard is None:
-            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
-        ids = self._fetch(query, None).column(ENTITY)
-        if shard is not None:
-            ids = ids.filter(shard_mask(ids, shard))
-        result = ids.to_pylist()
-        return result[:limit] if limit is not None else result
+        return _pg.sorted_ids(lambda q: self._fetch(q, None), query, shard, limit)
 
     def scan(
         self,
@@ -181,14 +156,8 @@ class PostgresOfflineSource:
         """Latest row of every entity, streamed in key order; a shard is filtered by key hash."""
         g = self._group(group)
         query = _pg.render(self._latest_query(g, ids=False, as_of=False))
-
-        def batches() -> Iterator[pa.Table]:
-            for batch in _pg.stream_batches(self._arrow(), query, None, self.conn_id, self.store):
-                if shard is not None:
-                    batch = batch.filter(shard_mask(batch.column(ENTITY), shard))
-                yield conform(batch, g)
-
-        yield from rechunk(batches(), chunk_size)
+        batches = _pg.stream_batches(self._arrow(), query, None, self.conn_id, self.store)
+        yield from rechunk(_pg.conformed(batches, g, shard), chunk_size)
 
     def freshness(self, group: FeatureGroup | str) -> datetime | None:
         """The newest event time in the history table."""
