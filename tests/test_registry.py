@@ -19,6 +19,7 @@ from airflow_fsmigration.registry.model import (
     Phase,
     UnknownGroup,
     VersionConflict,
+    rollback_command,
 )
 from airflow_fsmigration.registry.routing import Registry
 
@@ -47,6 +48,17 @@ def test_state_machine_table_is_closed():
     assert Phase.DECOMMISSIONED not in SERVING_PHASES
     assert Phase.SHADOW in LEGAL[Phase.RAMPING]
     assert Phase.ROLLED_BACK not in LEGAL[Phase.RAMPING]
+
+
+@pytest.mark.unit
+def test_rollback_command_quotes_for_the_shell():
+    assert rollback_command("include/demo_plan", GROUP) == (
+        "fsmigrate rollback include/demo_plan user_txn_stats --reason '...'"
+    )
+    assert (
+        rollback_command("my plans/p.yaml", "g;rm")
+        == "fsmigrate rollback 'my plans/p.yaml' 'g;rm' --reason '...'"
+    )
 
 
 @pytest.mark.integration

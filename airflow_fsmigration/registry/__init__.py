@@ -19,6 +19,7 @@ _LAZY = {
     "IllegalTransition": "model",
     "VersionConflict": "model",
     "UnknownGroup": "model",
+    "rollback_command": "model",
     "Registry": "routing",
     "RoutingMirror": "mirror",
     "ReconcileReport": "mirror",

@@ -7,7 +7,6 @@ serves it behind Airflow's own login; the page is read-only, actions go through 
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from markupsafe import Markup
 
 from airflow_fsmigration.plan.durations import format_duration
 from airflow_fsmigration.plan.graph import compute_waves, risk_tier
+from airflow_fsmigration.registry.model import rollback_command
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import MigrationPlan
@@ -99,11 +99,6 @@ def next_gate(
     if phase == "frozen":
         return "a person decides: resume the ramp or roll back"
     return "-"
-
-
-def rollback_command(plan_path: str, group: str) -> str:
-    """The command that rolls a group back when Airflow itself is down."""
-    return f"fsmigrate rollback {shlex.quote(plan_path)} {shlex.quote(group)} --reason '...'"
 
 
 def gather(
