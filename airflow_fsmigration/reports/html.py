@@ -284,6 +284,19 @@ def svg_from_figure(fig: Any, *, alt: str = "") -> Markup:
     return Markup('<figure class="chart">{}</figure>').format(Markup(svg))
 
 
+def _threshold_line(ax: Any, threshold: float, label: str | None) -> None:
+    """A dashed horizontal line at ``threshold``, labelled at the right edge."""
+    ax.axhline(threshold, color="#1f2328", linestyle="--", linewidth=1)
+    ax.annotate(
+        label or f"threshold {threshold:g}",
+        xy=(1, threshold),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        fontsize=8,
+    )
+
+
 def bar_chart(
     labels: Sequence[str],
     values: Sequence[float],
@@ -323,15 +336,7 @@ def bar_chart(
         ha="right" if len(labels) > 4 else "center",
     )
     if threshold is not None:
-        ax.axhline(threshold, color="#1f2328", linestyle="--", linewidth=1)
-        ax.annotate(
-            threshold_label or f"threshold {threshold:g}",
-            xy=(1, threshold),
-            xycoords=("axes fraction", "data"),
-            ha="right",
-            va="bottom",
-            fontsize=8,
-        )
+        _threshold_line(ax, threshold, threshold_label)
     if ylim:
         ax.set_ylim(*ylim)
     ax.set_title(title, fontsize=11, loc="left")
@@ -366,15 +371,7 @@ def line_chart(
             linewidth=1.5,
         )
     if threshold is not None:
-        ax.axhline(threshold, color="#1f2328", linestyle="--", linewidth=1)
-        ax.annotate(
-            threshold_label or f"threshold {threshold:g}",
-            xy=(1, threshold),
-            xycoords=("axes fraction", "data"),
-            ha="right",
-            va="bottom",
-            fontsize=8,
-        )
+        _threshold_line(ax, threshold, threshold_label)
     if x and isinstance(x[0], datetime):
         fig.autofmt_xdate()
     if ylim:
