@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.connections import StoreUnavailable
+from airflow_fsmigration.stores.base import Progress
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -91,27 +92,6 @@ def _guarded(source: Any, what: str, fn: Callable[[], Any]) -> Any:
 def _is_connection_error(exc: BaseException) -> bool:
     names = {c.__name__ for c in type(exc).__mro__}
     return bool(names & {"OperationalError", "InterfaceError", "ConnectionError", "TimeoutError"})
-
-
-class _Progress:
-    """Rows done, rate and ETA in the log, at most every ``every`` seconds (and at the end)."""
-
-    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.done = 0
-        self.start = self.last = time.monotonic()
-
-    def add(self, rows: int) -> None:
-        self.done += rows
-        now = time.monotonic()
-        if now - self.last >= self.every or (self.total is not None and self.done >= self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            if self.total is None:  # a full scan: the size is unknown until the end
-                log.info("%s: %d entities, %.0f/s", self.what, self.done, rate)
-                return
-            eta = (self.total - self.done) / rate if rate else 0.0
-            log.info("%s: %d/%d entities, %.0f/s, ETA %.0f s", self.what, self.done, self.total, rate, eta)
 
 
 def run_shadow(
@@ -189,7 +169,7 @@ def run_shadow(
     )
 
     chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
-    progress = _Progress(f"shadow {g.name}", len(ids))
+    progress = Progress(f"shadow {g.name}", len(ids), 5.0, unit="entities", logger=log)
     with ThreadPoolExecutor(2, thread_name_prefix="fsmig-read") as pool:
 
         def fetch(chunk: list[str]) -> tuple[Future[Any], Future[Any]]:
@@ -233,7 +213,7 @@ def _full_scan(
     from airflow_fsmigration.stores.frames import ENTITY, empty_frame
     from airflow_fsmigration.stores.sharding import hash_ids
 
-    progress = _Progress(f"shadow {g.name} (full scan)", None)
+    progress = Progress(f"shadow {g.name} (full scan)", None, 5.0, unit="entities", logger=log)
     old_chunks = _guarded(
         old_source, "scanning", lambda: old_source.scan(g, chunk_size=chunk_size, shard=part)
     )

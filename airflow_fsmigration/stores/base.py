@@ -82,22 +82,39 @@ def check_as_of(as_of: datetime) -> datetime:
 
 
 class Progress:
-    """Logs rows done, rate and ETA at most every ``every`` seconds during long reads."""
+    """Logs done, rate and ETA at most every ``every`` seconds during long work, and once at the end.
 
-    def __init__(self, what: str, total: int | None = None, every: float = 10.0) -> None:
-        self.what, self.total, self.every = what, total, every
+    ``unit`` names what is counted (rows, entities); ``logger`` is the caller's area logger, so
+    the lines appear under ``airflow_fsmigration.<area>``.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        every: float = 10.0,
+        *,
+        unit: str = "rows",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.what, self.total, self.every, self.unit = what, total, every, unit
+        self.log = logger or log
         self.done = 0
         self.start = self.last = time.monotonic()
 
     def add(self, rows: int) -> None:
         self.done += rows
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if now - self.last >= self.every or (self.total is not None and self.done >= self.total):
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
-            eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total and rate else ""
-            of = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s rows, %.0f rows/s%s", self.what, self.done, of, rate, eta)
+            if self.total is None:  # a full scan: the size is unknown until the end
+                self.log.info("%s: %d %s, %.0f/s", self.what, self.done, self.unit, rate)
+                return
+            eta = (self.total - self.done) / rate if rate else 0.0
+            self.log.info(
+                "%s: %d/%d %s, %.0f/s, ETA %.0f s", self.what, self.done, self.total, self.unit, rate, eta
+            )
 
 
 def rechunk(tables: Iterator[pa.Table], chunk_size: int) -> Iterator[pa.Table]:
