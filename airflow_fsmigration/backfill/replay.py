@@ -276,14 +276,33 @@ def _cols(names: Sequence[str], prefix: str | None = None) -> psql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _row_hash(names: Sequence[str], prefix: str) -> psql.Composed:
-    """``hashtextextended(ROW(cols)::text, 0)``: a 64-bit hash of a row's text, order-independent when summed."""
+def _row_hash(names: Sequence[str], prefix: str, binary: bool = False) -> psql.Composed:
+    """A 64-bit hash of a row, order-independent when summed.
+
+    ``binary``: ``hash_record_extended`` over the values' own hash functions (no text output;
+    measured ~40% cheaper, and independent of the session's TimeZone); otherwise
+    ``hashtextextended(ROW(..)::text)``, which works for any type.
+    """
     from psycopg import sql
 
+    if binary:
+        return sql.SQL("hash_record_extended(ROW({}), 0)").format(_cols(names, prefix))
     return sql.SQL("hashtextextended(ROW({})::text, 0)").format(_cols(names, prefix))
 
 
-def grid_insert_sql(plan: MigrationPlan, group: str, table: str) -> psql.Composed:
+def binary_hashable(conn: Any, table: str) -> bool:
+    """Whether every column of ``table`` has a default hash operator class (so records hash binary)."""
+    row = conn.execute(
+        "SELECT coalesce(bool_and(EXISTS (SELECT 1 FROM pg_opclass AS o JOIN pg_am AS m ON m.oid = o.opcmethod"
+        "   WHERE m.amname = 'hash' AND o.opcdefault AND (o.opcintype = a.atttypid"
+        "   OR (o.opcintype = 'text'::regtype AND a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype))))), false)"
+        " FROM pg_attribute AS a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+        (_ident(table).as_string(None),),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def grid_insert_sql(plan: MigrationPlan, group: str, table: str, binary: bool = False) -> psql.Composed:
     """Insert the snapshots at ``%(times)s`` and return (rows, checksum) of what was inserted."""
     from psycopg import sql
 
@@ -300,7 +319,7 @@ def grid_insert_sql(plan: MigrationPlan, group: str, table: str) -> psql.Compose
         cols=_cols(cols),
         dcols=_cols(cols, "fsmig_d"),
         body=body,
-        h=_row_hash(["as_of", *cols], "ins"),
+        h=_row_hash(["as_of", *cols], "ins", binary),
     )
 
 
@@ -363,7 +382,7 @@ def spine_select_sql(
 
 
 def spine_insert_sql(
-    plan: MigrationPlan, group: str, spine: SpineSpec, table: str, strategy: str
+    plan: MigrationPlan, group: str, spine: SpineSpec, table: str, strategy: str, binary: bool = False
 ) -> psql.Composed:
     from psycopg import sql
 
@@ -376,7 +395,7 @@ def spine_insert_sql(
         cols=_cols(cols),
         qcols=_cols(cols, "q"),
         sel=spine_select_sql(plan, group, spine, strategy),
-        h=_row_hash(cols, "ins"),
+        h=_row_hash(cols, "ins", binary),
     )
 
 
@@ -622,6 +641,7 @@ def run_chunk(
 
     table = run.output_table
     time_col = "as_of" if run.mode == "grid" else "label_ts"
+    binary = binary_hashable(conn, table)
     with conn.transaction():
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute(
@@ -636,7 +656,7 @@ def run_chunk(
             end = datetime.fromisoformat(run.params["end"])
             times = [t for t in grid_times(start, end, every) if chunk.lo <= t < chunk.hi]
             row = conn.execute(
-                grid_insert_sql(plan, run.group, table), {"run_id": run.run_id, "times": times}
+                grid_insert_sql(plan, run.group, table, binary), {"run_id": run.run_id, "times": times}
             ).fetchone()
         else:
             spine = SpineSpec(run.params["spine"], run.params["entity_column"], run.params["time_column"])
@@ -648,7 +668,7 @@ def run_chunk(
                 # measured 4-5x slower per label than a plain rescan of the entity's index range
                 conn.execute("SET LOCAL enable_memoize = off")
             row = conn.execute(
-                spine_insert_sql(plan, run.group, spine, table, chosen),
+                spine_insert_sql(plan, run.group, spine, table, chosen, binary),
                 {"run_id": run.run_id, "lo": chunk.lo, "hi": chunk.hi},
             ).fetchone()
     return int(row[0]), int(row[1])
@@ -804,7 +824,7 @@ def table_checksum(conn: Any, plan: MigrationPlan, run: BackfillRun) -> tuple[in
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         row = conn.execute(
             sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {t} AS t WHERE run_id = %s").format(
-                h=_row_hash(cols, "t"), t=_ident(run.output_table)
+                h=_row_hash(cols, "t", binary_hashable(conn, run.output_table)), t=_ident(run.output_table)
             ),
             (run.run_id,),
         ).fetchone()
