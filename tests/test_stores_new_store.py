@@ -250,6 +250,8 @@ def test_listing_sharding_scan_freshness(loaded):
     assert store.entity_ids("user_txn_stats", limit=5) == ids[:5]
     shards = [store.entity_ids("user_txn_stats", shard=(i, 4)) for i in range(4)]
     assert sorted(x for s in shards for x in s) == ids and sum(map(len, shards)) == len(ids)
+    # a shard with a limit: filtered client-side first, then cut (the server cannot apply the limit)
+    assert store.entity_ids("user_txn_stats", shard=(1, 4), limit=3) == shards[1][:3] and len(shards[1]) > 3
     chunks = list(store.scan("user_txn_stats", chunk_size=8, shard=(2, 4)))
     assert [x for c in chunks for x in c.column("entity_id").to_pylist()] == shards[2]
     assert all(c.num_rows == 8 for c in chunks[:-1])

@@ -135,6 +135,8 @@ def test_integer_entity_column_and_listing(pg_conn, pg_url):
     assert len(ids) == 200 and ids == sorted(str(i) for i in range(200))
     shards = [source.entity_ids(g, shard=(i, 3)) for i in range(3)]
     assert sorted(x for s in shards for x in s) == ids and sum(map(len, shards)) == 200
+    assert source.entity_ids(g, limit=7) == ids[:7]
+    assert source.entity_ids(g, shard=(1, 3), limit=4) == shards[1][:4] and len(shards[1]) > 4
     scanned = list(source.scan(g, chunk_size=30, shard=(0, 3)))
     assert sorted(x for c in scanned for x in c.column("entity_id").to_pylist()) == sorted(shards[0])
     assert sum(c.num_rows for c in list(source.scan(g, chunk_size=64))) == 200

@@ -118,19 +118,23 @@ def stream_batches(
             yield plain(pa.Table.from_batches([batch]))
 
 
-def sorted_ids(
+def distinct_ids(
     fetch: Callable[[pgsql.Composable], pa.Table],
-    query: pgsql.Composable,
+    key: pgsql.Composable,
+    relation: pgsql.Composable,
     shard: tuple[int, int] | None,
     limit: int | None,
 ) -> list[str]:
-    """The ``entity_id`` column of ``query`` (sorted distinct keys): one hash shard, at most ``limit``.
+    """The distinct values of ``key`` in ``relation`` as sorted text: one hash shard, at most ``limit``.
 
     Without a shard the limit goes to the server; with one it cannot (the shard is a client-side
     hash filter), so the ids are filtered first and cut after.
     """
     from psycopg import sql
 
+    query = sql.SQL("SELECT DISTINCT CAST({} AS text) AS {} FROM {} ORDER BY 1").format(
+        key, ident(ENTITY), relation
+    )
     if limit is not None and shard is None:
         query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
     ids = fetch(query).column(ENTITY)

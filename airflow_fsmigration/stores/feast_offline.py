@@ -194,11 +194,8 @@ class FeastPostgresOfflineSource(PostgresOfflineSource):
         g = self._group(group)
         view = self.view_of(g)
         assert view.source is not None
-        key = _pg.ident(view.source.column_for(view.join_keys[0].name))
-        query = sql.SQL("SELECT DISTINCT CAST(src.{} AS text) AS {} FROM {} ORDER BY 1").format(
-            key, _pg.ident(ENTITY), self._from(view)
-        )
-        return _pg.sorted_ids(lambda q: self._fetch(q, None), query, shard, limit)
+        key = sql.SQL("src.{}").format(_pg.ident(view.source.column_for(view.join_keys[0].name)))
+        return _pg.distinct_ids(lambda q: self._fetch(q, None), key, self._from(view), shard, limit)
 
     def scan(
         self,

@@ -242,13 +242,10 @@ class NewStore(_pg.AdbcReader):
         self, group: FeatureGroup | str, *, shard: tuple[int, int] | None = None, limit: int | None = None
     ) -> list[str]:
         """Entity keys in the live view, sorted; one hash shard and at most ``limit`` if asked."""
-        from psycopg import sql
-
         g = self._group(group)
-        query = sql.SQL("SELECT DISTINCT CAST({} AS text) AS {} FROM {} ORDER BY 1").format(
-            _pg.ident(g.entity_key), _pg.ident(ENTITY), self.view(g)
+        return _pg.distinct_ids(
+            lambda q: self._fetch(_pg.render(q), None), _pg.ident(g.entity_key), self.view(g), shard, limit
         )
-        return _pg.sorted_ids(lambda q: self._fetch(_pg.render(q), None), query, shard, limit)
 
     def scan(
         self,

@@ -137,14 +137,15 @@ class PostgresOfflineSource(_pg.AdbcReader):
     def entity_ids(
         self, group: FeatureGroup | str, *, shard: tuple[int, int] | None = None, limit: int | None = None
     ) -> list[str]:
-        from psycopg import sql
-
         g = self._group(group)
         self.table_columns(g)
-        query = sql.SQL("SELECT DISTINCT CAST({} AS text) AS {} FROM {} ORDER BY 1").format(
-            _pg.ident(self.entity_column(g)), _pg.ident(ENTITY), _pg.qualified(g.legacy_offline.table)
+        return _pg.distinct_ids(
+            lambda q: self._fetch(q, None),
+            _pg.ident(self.entity_column(g)),
+            _pg.qualified(g.legacy_offline.table),
+            shard,
+            limit,
         )
-        return _pg.sorted_ids(lambda q: self._fetch(q, None), query, shard, limit)
 
     def scan(
         self,
