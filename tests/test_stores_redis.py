@@ -257,3 +257,53 @@ def test_duplicate_ids_give_one_row_each(redis_url, redis_client):
     frame = source.read(make_group("string", ts_field=None), ["b", "a", "b", "zz", "a"])
     assert frame.column("entity_id").to_pylist() == ["b", "a"]
     assert frame.column("n").to_pylist() == [2, 1]
+
+
+def test_raw_connection_survives_back_to_back_pipelines(redis_url, redis_client, monkeypatch):
+    # The existence checks reuse one raw connection for a pipeline per batch. A writer thread
+    # that is still winding down after a complete pipeline must not get the socket shut down
+    # under the next one (failure injection: the writer lingers after its last send).
+    import time
+
+    from redis.connection import parse_url
+
+    from airflow_fsmigration.stores import redis_online
+
+    run = redis_online._Writer.run
+
+    def lingering(self):
+        run(self)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(redis_online._Writer, "run", lingering)
+    redis_client.set("k1", "1")
+    raw = redis_online._Raw(dict(parse_url(redis_url)), "legacy_online")
+    try:
+        for _ in range(3):
+            replies = [
+                r for batch in raw.pipeline(iter([(b"*2\r\n$6\r\nEXISTS\r\n$2\r\nk1\r\n", 1)])) for r in batch
+            ]
+            assert replies == [1]
+    finally:
+        raw.close()
+
+
+def test_reader_giving_up_early_does_not_hang_on_the_writer(redis_url):
+    # 25 MB of commands: the writer blocks in sendall once the socket buffers fill, because
+    # nobody reads the replies after the first batch; closing the generator must unblock it.
+    import time
+
+    from redis.connection import parse_url
+
+    from airflow_fsmigration.stores import redis_online
+
+    cmd = b"*2\r\n$6\r\nEXISTS\r\n$2\r\nk1\r\n" * 20_000
+    raw = redis_online._Raw(dict(parse_url(redis_url)), "legacy_online")
+    try:
+        replies = raw.pipeline(iter([(cmd, 20_000)] * 50))
+        assert len(next(replies)) == 20_000
+        started = time.monotonic()
+        replies.close()
+        assert time.monotonic() - started < 10
+    finally:
+        raw.close()

@@ -439,13 +439,20 @@ class _Raw:
         writer.start()
         return writer
 
-    def _finish(self, writer: _Writer) -> None:
-        """Stop the writer (unblocking it if the reader gave up early) and surface its failure."""
-        if writer.is_alive():
+    def _finish(self, writer: _Writer, completed: bool) -> None:
+        """Wait for the writer and surface its failure.
+
+        After an early exit (an error, or the caller closing the generator) the socket is shut
+        down: that unblocks a writer stuck in ``sendall``, and the replies still in flight would
+        otherwise be read as the next command's. The writer's resulting broken pipe is not
+        raised: it would hide the reason the reader stopped. After a complete pipeline the socket
+        stays open for the next one, even if the writer thread is still winding down.
+        """
+        if not completed:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
         writer.join(timeout=30)
-        if writer.failure is not None:
+        if completed and writer.failure is not None:
             exc = writer.failure
             if isinstance(exc, OSError):
                 raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
@@ -476,10 +483,7 @@ class _Raw:
                 yield replies
             completed = True
         finally:
-            if not completed and writer.is_alive():
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
-            self._finish(writer)
+            self._finish(writer, completed)
 
     def hmget_columns(
         self, payloads: Iterator[tuple[Any, int]], total: int, width: int
@@ -548,10 +552,7 @@ class _Raw:
                     yield count, columns
             completed = True
         finally:
-            if not completed and writer.is_alive():
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
-            self._finish(writer)
+            self._finish(writer, completed)
 
     def _gets_some(self, most: int) -> list[Any]:
         """At least one reply from hiredis (receiving as needed), at most ``most``."""
