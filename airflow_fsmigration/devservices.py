@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 
 def free_port() -> int:
@@ -190,14 +190,6 @@ def airflow_conn_env(conn_id: str, url: str) -> dict[str, str]:
     else:
         raise ValueError(f"cannot make an Airflow connection from {url!r}")
     return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)}
-
-
-def url_with_password(url: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{parts.username or ''}:{quote(password)}@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 def env_url(name: str) -> str | None:
