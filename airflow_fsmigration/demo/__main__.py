@@ -1,9 +1,11 @@
-"""``make demo``: embedded Postgres and Redis, a generated legacy feature store, the assessment.
+"""``make demo``: embedded Postgres and Redis, a generated legacy feature store, the whole migration.
 
 Steps: start the servers (data under ``.fsmig/demo`` so a rerun with the same sizes reuses it),
-generate the data (or reuse it), validate the plan, write and print the assessment, stop the
-servers. Later parts of the migration (shadow comparison, ramp, rollback) are added here as they
-land; see :mod:`airflow_fsmigration.demo.data` for what is generated and where.
+generate the data (or reuse it; earlier runs' registry state is forgotten), validate the plan,
+write and print the assessment, deploy the new store and shadow-compare every group, then run
+every group's generated migrate DAG wave by wave under ``dag.test()`` with soak and bake windows
+of seconds (:mod:`airflow_fsmigration.demo.migrate`), print a one-screen summary and write
+``demo_report.html``. See :mod:`airflow_fsmigration.demo.data` for what is generated and where.
 """
 
 from __future__ import annotations
@@ -49,6 +51,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="entities per shadow comparison (0 = all; default 20000)",
     )
     p.add_argument("--no-shadow", action="store_true", help="stop after the assessment")
+    p.add_argument(
+        "--no-migrate", action="store_true", help="stop after the shadow comparison (no Airflow DAG runs)"
+    )
+    p.add_argument(
+        "--inject-breach",
+        default="merchant_stats",
+        metavar="GROUP",
+        help="healthy group whose models lose AUC mid-ramp, to show the automatic rollback "
+        "(default merchant_stats; 'none' to skip)",
+    )
+    p.add_argument(
+        "--breach-at", type=float, default=50.0, help="ramp %% at which the AUC drops (default 50)"
+    )
+    p.add_argument("--soak", type=float, default=6.0, help="shadow soak in seconds (default 6)")
+    p.add_argument("--bake", type=float, default=3.0, help="bake per ramp step in seconds (default 3)")
+    p.add_argument(
+        "--migrate-sample",
+        type=int,
+        default=500,
+        help="entities per shadow comparison in the DAGs (default 500)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -128,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("pgserver", "pgserver.postgres_server", "pgserver.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    migrate = not (args.no_shadow or args.no_migrate)
+    if migrate:  # Airflow reads its home when first imported: before anything can import it
+        from airflow_fsmigration.demo.migrate import configure_airflow
+
+        configure_airflow(args.data_dir / "airflow")
 
     from airflow_fsmigration.cli import main as fsmigrate
     from airflow_fsmigration.demo.data import DemoEnvironment, generate_demo
@@ -187,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             timings["reuse data"] = time.perf_counter() - t0
         env.apply_env()
+        if stamp is not None:
+            from airflow_fsmigration.demo.migrate import reset_migration_state
+
+            plan = env.load_plan()
+            reset_migration_state(env.urls[plan.connections.registry], rd.url)
 
         print("\n== fsmigrate validate ==", flush=True)
         t0 = time.perf_counter()
@@ -209,7 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             outcome = _deploy_and_shadow(env, args, fsmigrate)
             timings["deploy + shadow"] = time.perf_counter() - t0
             _print_shadow_outcome(env, outcome)
-            report = write_demo_report(env, outcome, args.out, assessment=result.html_path)
+            migration = None
+            if migrate:
+                t0 = time.perf_counter()
+                migration = _migrate(env, args, data_dir)
+                timings["migrate (DAGs)"] = time.perf_counter() - t0
+            report = write_demo_report(
+                env, outcome, args.out, assessment=result.html_path, migration=migration
+            )
             print(f"\nDemo report: {report.resolve()}")
         timings["total"] = time.perf_counter() - started
         print("\n== timings ==")
@@ -280,8 +320,50 @@ def _latest_shadow(out_dir: Path, group: str) -> tuple[dict[str, Any], Path] | t
     return json.loads(files[-1].read_text()), files[-1].with_suffix(".html")
 
 
-def write_demo_report(env: Any, outcome: dict[str, str], out_dir: Path, *, assessment: Path) -> Path:
-    """One page: every group's shadow verdict and match rate, its main explanation, links to the reports."""
+def _migrate(env: Any, args: argparse.Namespace, data_dir: Path) -> tuple[Any, list[Any]]:
+    """Run the migrate DAGs, then print the one-screen summary; returns (outcome, group stories)."""
+    from airflow_fsmigration.demo.migrate import TimeScale, run_migration
+    from airflow_fsmigration.demo.report import collect, summary_lines
+
+    inject = None if args.inject_breach.lower() == "none" else (args.inject_breach, args.breach_at)
+    scale = TimeScale(soak_s=args.soak, bake_s=args.bake, sample=args.migrate_sample)
+    outcome = run_migration(env, work_dir=data_dir / "migration", scale=scale, inject=inject)
+    plan = env.load_plan()
+    stories = collect(
+        plan,
+        registry_url=env.urls[plan.connections.registry],
+        redis_url=env.urls[plan.connections.legacy_online],
+        since=outcome.started_at,
+        until=outcome.finished_at,
+        runs=outcome.runs,
+    )
+    print("\n== summary ==")
+    for line in summary_lines(stories):
+        print(line)
+    if env.bug is not None:
+        bug = next(s for s in stories if s.group == env.bug.group)
+        cut = bug.phase in ("cutover", "warm", "ready_to_decommission", "decommissioned")
+        print(
+            f"\n  planted bug in '{env.bug.group}': "
+            + (
+                "CUT OVER despite the bug"
+                if cut
+                else f"kept off the new store ({bug.phase}, {bug.ramp_pct:g}%)"
+            )
+        )
+    return outcome, stories
+
+
+def write_demo_report(
+    env: Any,
+    outcome: dict[str, str],
+    out_dir: Path,
+    *,
+    assessment: Path,
+    migration: tuple[Any, list[Any]] | None = None,
+) -> Path:
+    """One page: every group's shadow verdict and match rate, its main explanation, links to the reports;
+    with ``migration``, what the DAGs did per group (timeline, match-rate trend, ramp, latency, rollbacks)."""
     from airflow_fsmigration.plan.graph import compute_waves, risk_tier
     from airflow_fsmigration.reports import html as h
 
@@ -338,9 +420,13 @@ def write_demo_report(env: Any, outcome: dict[str, str], out_dir: Path, *, asses
                 h.paragraph(h.Markup("The buggy definition: {}").format(h.code(str(env.bug.sql_path)))),
             )
         )
-    parts.append(
-        h.paragraph("Not yet in the demo: ramp, bake, rollback and keep-warm (issue 7).", kind="warn")
-    )
+    if migration is not None:
+        from airflow_fsmigration.demo.report import migration_sections
+
+        run, stories = migration
+        parts.append(migration_sections(stories, started=run.started_at, outcome=run))
+    else:
+        parts.append(h.paragraph("The migration step was skipped (--no-migrate).", kind="warn"))
     path = out_dir / "demo_report.html"
     h.write_page(
         path, h.page(f"Demo migration: {plan.name}", h.Markup("\n").join(parts), subtitle=plan.description)
@@ -427,7 +513,6 @@ def _print_environment(env: Any) -> None:
             f"  planted bug:        group '{env.bug.group}' in the new store ({env.bug.sql_path.name}); "
             "the shadow comparison should find and explain it"
         )
-    print("  not yet in the demo: ramp, bake, rollback, keep-warm and the per-group phase timeline (issue 7)")
 
 
 if __name__ == "__main__":
