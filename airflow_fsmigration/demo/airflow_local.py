@@ -432,8 +432,8 @@ def _banner(base_url: str, password: str, passwords_file: Path, servers: DemoSer
     ]
     if env.bug is not None:
         lines.append(
-            f"  planted bug:     in group '{env.bug.group}': trigger its migrate DAG and watch the "
-            "shadow comparison catch it"
+            f"  planted bug:     in group '{env.bug.group}': trigger its migrate DAG and watch its "
+            "checks catch it (schema parity, shadow comparison)"
         )
     lines += ["  stop:            Ctrl-C (stops Airflow and the embedded servers)", ""]
     return "\n".join(lines)
