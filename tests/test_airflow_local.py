@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_fsmigration.demo.airflow_local import admin_password, airflow_env, metadata_url
+from airflow_fsmigration.demo.airflow_local import admin_password, airflow_env, main, metadata_url, port_free
 from airflow_fsmigration.devservices import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +72,24 @@ def test_airflow_env_points_every_component_at_the_same_place(tmp_path: Path) ->
     )
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 32
     assert again["AIRFLOW__API_AUTH__JWT_SECRET"] == env["AIRFLOW__API_AUTH__JWT_SECRET"]
+
+
+@pytest.mark.unit
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path, caplog) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert not port_free("127.0.0.1", port)
+        code = main(
+            ["--port", str(port), "--home", str(tmp_path / "home"), "--data-dir", str(tmp_path / "d")]
+        )
+    assert code == 1
+    assert f"port {port} on 127.0.0.1 is in use" in caplog.text
+    assert not (tmp_path / "d").exists()  # no server was started
+    assert port_free("127.0.0.1", port)
 
 
 # --- the whole thing, as `make airflow` runs it ---------------------------------------------------
@@ -208,7 +226,7 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     base = f"http://localhost:{port}"
     try:
-        _wait_for(lambda: "== Airflow is up ==" in log.read_text(), proc, log, timeout=150)
+        _wait_for(lambda: "== Airflow is up ==" in log.read_text(), proc, log, timeout=100)
         text = log.read_text()
         assert f"UI:              {base}/" in text and f"cockpit:         {base}/fsmig/cockpit" in text
         password = json.loads((work / "home" / "passwords.json").read_text())["admin"]
@@ -222,7 +240,7 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
         def listed() -> set[str]:
             return {d["dag_id"] for d in _api(base, "/api/v2/dags?limit=100", token)["dags"]}
 
-        _wait_for(lambda: listed() == expected, proc, log, timeout=60)
+        _wait_for(lambda: listed() == expected, proc, log, timeout=30)
         assert _api(base, "/api/v2/importErrors", token)["total_entries"] == 0
         if shots := os.environ.get("FSMIG_SCREENSHOTS_DIR"):
             take_screenshots(base, password, Path(shots))
@@ -233,7 +251,7 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
         assert _alive(postmaster)
 
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=45) == 0  # bounded: at most 100 + 30 + 45 s in all
         assert [pid for pid in children if _alive(pid)] == []
         assert not _alive(postmaster)
         assert not (work / "demo" / "pg" / "postmaster.pid").exists()

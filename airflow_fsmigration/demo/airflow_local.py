@@ -314,6 +314,7 @@ class AirflowProcesses:
                     stdout=logfile,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own group: the terminal's Ctrl-C reaches only us
+                    preexec_fn=_die_with_parent,
                 )
             finally:
                 logfile.close()
@@ -365,6 +366,28 @@ class AirflowProcesses:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if we die without cleaning up (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (the api-server would fail later, less clearly)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _health(base_url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"{base_url}/api/v2/monitor/health", timeout=3) as resp:
@@ -410,12 +433,15 @@ def _signals_stop() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise Stop(signal.Signals(signum).name)
 
-    previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, handler)
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal was closed
+    previous = {sig: signal.getsignal(sig) for sig in caught}
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        for sig, action in previous.items():
+            signal.signal(sig, action)
 
 
 def _banner(base_url: str, password: str, passwords_file: Path, servers: DemoServers, home: Path) -> str:
@@ -450,12 +476,18 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("pgserver", "pgserver.postgres_server", "pgserver.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    started = time.perf_counter()
     home = args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     servers: DemoServers | None = None
     procs: AirflowProcesses | None = None
     with _signals_stop():
         try:
+            if not port_free(args.host, args.port):
+                raise RuntimeError(
+                    f"port {args.port} on {args.host} is in use (another Airflow?): stop it or pass "
+                    "--port to use another port"
+                )
             servers = start_demo_servers(args)
             servers.pg.create_database(METADATA_DB)
             env = airflow_env(
@@ -469,14 +501,11 @@ def main(argv: list[str] | None = None) -> int:
                 parallelism=args.parallelism,
             )
             base_url = env["AIRFLOW__API__BASE_URL"]
-            if _health(base_url) is not None:
-                raise RuntimeError(
-                    f"something already answers on {base_url}: stop it or pass --port to use another port"
-                )
             procs = AirflowProcesses(env=env, log_dir=home / "logs")
             procs.migrate()
             procs.start()
             wait_ready(base_url, procs, args.ready_timeout)
+            log.info("Airflow ready %.0f s after start", time.perf_counter() - started)
             password, passwords_file = admin_password(home)
             print(_banner(base_url, password, passwords_file, servers, home), flush=True)
             while not (dead := procs.exited()):
@@ -492,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             # A second Ctrl-C must not cut the shutdown short (it is bounded: SIGKILL after 30 s).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
             if procs is not None:
                 procs.stop()
             if servers is not None:
