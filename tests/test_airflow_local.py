@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from airflow_fsmigration.demo.airflow_local import admin_password, airflow_env, main, metadata_url, port_free
+from airflow_fsmigration.demo.airflow_local import (
+    admin_password,
+    airflow_env,
+    main,
+    metadata_url,
+    parse_args,
+    port_free,
+    start_demo_servers,
+)
 from airflow_fsmigration.devservices import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,6 +208,23 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
     from airflow_fsmigration.plan import load_plan
 
     work = Path(tempfile.mkdtemp(prefix="fsmig_airflow_local_"))
+    # What `make demo` leaves behind, at a tiny size: servers stopped, data and stamp on disk.
+    made = start_demo_servers(
+        parse_args(
+            [
+                "--data-dir",
+                str(work / "demo"),
+                "--entities",
+                "200",
+                "--days",
+                "10",
+                "--history-entities",
+                "30",
+            ]
+        )
+    )
+    made.stop()
+    assert made.env.entities["user_id"] == 200 and (work / "demo" / "env.json").exists()
     port = free_port()
     log = work / "out.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -213,21 +238,16 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
         str(work / "home"),
         "--port",
         str(port),
-        "--entities",
-        "200",
-        "--days",
-        "10",
-        "--history-entities",
-        "30",
         "--parallelism",
         "2",
-    ]
+    ]  # no sizes: it must reuse whatever data is there, as after `make demo`
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     base = f"http://localhost:{port}"
     try:
         _wait_for(lambda: "== Airflow is up ==" in log.read_text(), proc, log, timeout=100)
         text = log.read_text()
+        assert "reusing the demo data" in text and "(200 users" in text and "generating" not in text
         assert f"UI:              {base}/" in text and f"cockpit:         {base}/fsmig/cockpit" in text
         password = json.loads((work / "home" / "passwords.json").read_text())["admin"]
         assert f"user 'admin', password '{password}'" in text
