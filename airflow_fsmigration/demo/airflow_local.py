@@ -61,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--home", type=Path, default=Path(".fsmig/airflow"), help="AIRFLOW_HOME")
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags", help="DAGs folder (default: dags/)")
     p.add_argument("--host", default="127.0.0.1", help="api-server bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="api-server port (default 8080)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("FSMIG_AIRFLOW_PORT") or 8080),
+        help="api-server port (default $FSMIG_AIRFLOW_PORT or 8080)",
+    )
     p.add_argument(
         "--entities",
         type=int,
@@ -485,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not port_free(args.host, args.port):
                 raise RuntimeError(
-                    f"port {args.port} on {args.host} is in use (another Airflow?): stop it or pass "
-                    "--port to use another port"
+                    f"port {args.port} on {args.host} is in use (another Airflow?): stop it or use "
+                    "another port (--port N, or FSMIG_AIRFLOW_PORT=N make airflow)"
                 )
             servers = start_demo_servers(args)
             servers.pg.create_database(METADATA_DB)
