@@ -61,13 +61,13 @@ class TimeScale:
         raw events as of that time: about a quarter second apiece on the full-size demo data).
     """
 
-    soak_s: float = 6.0
+    soak_s: float = 5.0
     bake_s: float = 4.0
     keep_warm_s: float = 2.0
     sample: int = 500
     p99_increase_ms: float = 100.0
     gate_wait_s: float = 4.0
-    pit_samples: int = 20
+    pit_samples: int = 12
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class ServingFeed:
         entity_ids: dict[str, list[str]],
         injection: Injection | None = None,
         out: Callable[[str], None] = print,
-        batch: int = 50,
+        batch: int = 20,
         interval: float = 0.25,
         seed: int = 7,
     ) -> None:
@@ -299,7 +299,11 @@ class ServingFeed:
                     group = self.active
                     ids = self.entity_ids.get(group or "")
                     if group and ids:
-                        batch = self._rng.sample(ids, min(self.batch, len(ids)))
+                        # at a 1 % step a batch of 20 rarely touches the new store: size the
+                        # batch so most calls read both backends, as a busy model server's would
+                        pct = max(router.ramp_pct(group), 1.0)
+                        size = min(len(ids), max(self.batch, int(300 / pct)))
+                        batch = self._rng.sample(ids, size)
                         router.get_features(group, batch)
                         self.reads[group] = self.reads.get(group, 0) + 1
                     else:
@@ -333,13 +337,15 @@ class ServingFeed:
             record_metric(conn, model, auc, value + self._rng.uniform(-0.001, 0.001), ts=now)
 
 
-def sample_entity_ids(new_store_url: str, plan: MigrationPlan, per_group: int = 2000) -> dict[str, list[str]]:
+def sample_entity_ids(
+    new_store_url: str, plan: MigrationPlan, groups: Iterable[str], per_group: int = 2000
+) -> dict[str, list[str]]:
     """Entity ids to read per group (from the serving copies, so every id has a row)."""
     from airflow_fsmigration.stores.new_store import NewStore
 
     with NewStore(new_store_url, serving_plan(plan), plan.connections.new_store) as store:
         return {
-            name: [str(e) for e in store.entity_ids(g, limit=per_group)] for name, g in plan.groups.items()
+            name: [str(e) for e in store.entity_ids(plan.groups[name], limit=per_group)] for name in groups
         }
 
 
@@ -563,11 +569,13 @@ def run_migration(
                     registry.ensure_schema()
                     registry.register_plan(plan)
                     phases = {u: registry.state(u).phase.value for u in plan.groups[group].depends_on}
-                dag.get_task("point_in_time").samples = scale.pit_samples
+                pit: Any = dag.get_task("point_in_time")
+                pit.samples = scale.pit_samples
                 blocked = sorted(u for u, p in phases.items() if p not in CUT_OVER)
                 head = f"\n-- wave {wave_no}: {group} ({did})"
                 if blocked:
-                    gate = dag.get_task("upstream_gate")
+                    # fail after a few seconds instead of waiting the plan's 30 days
+                    gate: Any = dag.get_task("upstream_gate")
                     gate.mode, gate.timeout, gate.poke_interval = "poke", scale.gate_wait_s, 1.0
                     head += f": upstream not cut over ({', '.join(f'{u} {phases[u]}' for u in blocked)})"
                 out(head)

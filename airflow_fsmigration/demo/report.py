@@ -147,10 +147,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def summary_lines(stories: list[GroupStory], *, width: int = 118) -> list[str]:
+def summary_lines(stories: list[GroupStory], *, width: int = 110) -> list[str]:
     """The one-screen summary: per group final phase, ramp %, latest match rate, what stopped it."""
-    head = f"  {'w':<2}{'group':<25}{'phase':<22}{'ramp':>6}  {'match rate':>11}  {'p99 old/new ms':>15}  why"
-    lines = [head, "  " + "-" * (len(head) + 8)]
+    import textwrap
+
+    head = f"  {'w':<2}{'group':<25}{'phase':<22}{'ramp':>6}  {'match rate':>11}  {'p99 old/new ms':>15}"
+    lines = [head, "  " + "-" * (len(head) - 2)]
     for s in stories:
         rb = s.rollback
         why = ""
@@ -160,8 +162,12 @@ def summary_lines(stories: list[GroupStory], *, width: int = 118) -> list[str]:
             why = f"held: {s.held_reason}"
         old, new = s.latency.get("old", {}), s.latency.get("new", {})
         p99 = f"{_ms(old.get('p99_ms'))}/{_ms(new.get('p99_ms'))}"
-        line = f"  {s.wave:<2}{s.group:<25}{s.phase:<22}{s.ramp_pct:>5g}%  {_rate(s.latest_match_rate):>11}  {p99:>15}  {why}"
-        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+        lines.append(
+            f"  {s.wave:<2}{s.group:<25}{s.phase:<22}{s.ramp_pct:>5g}%  {_rate(s.latest_match_rate):>11}  {p99:>15}"
+        )
+        if why:
+            wrapped = textwrap.wrap(why, width=width - 6, max_lines=3, placeholder=" …")
+            lines.extend("      " + w for w in wrapped)
     return lines
 
 
@@ -272,6 +278,7 @@ def _group_section(s: GroupStory, started: datetime) -> Markup:
                 ylabel="% of values that agree",
                 threshold=None if s.threshold is None else s.threshold * 100,
                 threshold_label="consistency threshold",
+                ylim=(min([r.match_rate * 100 for r in recent] + [(s.threshold or 1) * 100]) - 1, 100.5),
                 height=2.6,
             )
         )
