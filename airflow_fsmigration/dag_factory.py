@@ -14,6 +14,7 @@ is scheduled on its upstreams' cutover assets; either way its first task checks 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import shlex
 from collections.abc import Mapping, MutableMapping
@@ -506,11 +507,19 @@ def build_dags(
     ids = dag_ids(plan)
     wanted = {only: ids[only]} if only in ids else ids
     dags: dict[str, DAG] = {}
-    for did, (kind, group) in wanted.items():
-        if kind == NIGHTLY:
-            dags[did] = build_nightly_dag(ctx)
-        else:
-            dags[did] = _BUILDERS[kind](ctx, group)  # type: ignore[arg-type]
+    # Thousands of operators are allocated in one go and all stay alive: the cyclic collector would
+    # rescan them again and again for nothing (about 5% of a 200-group parse). Restored afterwards.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for did, (kind, group) in wanted.items():
+            if kind == NIGHTLY:
+                dags[did] = build_nightly_dag(ctx)
+            else:
+                dags[did] = _BUILDERS[kind](ctx, group)  # type: ignore[arg-type]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return dags
 
 
