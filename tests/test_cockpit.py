@@ -204,3 +204,14 @@ def test_cockpit_in_browser_requires_login(api_server: str, browser, demo_plan) 
     shots = REPO / ".fsmig"
     shots.mkdir(exist_ok=True)
     browser.save_screenshot(str(shots / "cockpit.png"))  # for the README; .fsmig is gitignored
+
+
+@pytest.mark.unit
+def test_failing_shadow_is_the_next_gate(demo_plan) -> None:
+    runs = [{"match_rate": 0.8598, "verdict": "fail"}]
+    rows = gather(
+        demo_plan, plan_path="p", states={}, series=lambda g: runs if g == "user_session_stats" else []
+    )
+    row = next(r for r in rows if r.group == "user_session_stats")
+    assert row.next_gate.startswith("shadow comparison failing (85.98% < 99.5%)")
+    assert next(r for r in rows if r.group == "user_profile").next_gate.startswith("deploy the definition")

@@ -145,13 +145,27 @@ def gather(
                 updated_at=getattr(state, "updated_at", None),
                 match_rates=rates,
                 latest_verdict=str(getattr(verdict, "value", verdict)) if verdict is not None else None,
-                next_gate=next_gate(plan, name, phase, pct, soak_note(name) if soak_note else None),
+                next_gate=_failing_shadow(plan, name, phase, rates, verdict)
+                or next_gate(plan, name, phase, pct, soak_note(name) if soak_note else None),
                 rollback_command=rollback_command(plan_path, name),
                 last_reason=reason,
                 dag_ids=dag_ids(name) if dag_ids else {},
             )
         )
     return rows
+
+
+def _failing_shadow(
+    plan: MigrationPlan, group: str, phase: str, rates: tuple[float, ...], verdict: Any
+) -> str | None:
+    """Before any traffic moves, a failing comparison is the gate that matters, whatever the phase says."""
+    if phase not in ("planned", "shadow") or str(getattr(verdict, "value", verdict)) != "fail" or not rates:
+        return None
+    threshold = plan.settings_for(group).consistency_threshold
+    return (
+        f"shadow comparison failing ({rates[-1]:.2%} < {threshold:.1%}): read the shadow report's "
+        "explanations, fix the new store's definition, redeploy and compare again"
+    )
 
 
 def _get(obj: Any, key: str) -> Any:
