@@ -181,6 +181,13 @@ def test_demo_migration_wave_order_bug_held_and_breach_rolled_back(demo_env):
     assert ms.latency["new"]["count"] >= 100 and ms.latency["old"]["count"] >= 100
     text = "\n".join(summary_lines(list(stories.values())))
     assert "rolled back from 50%: automatic rollback: bake_50" in text.replace("\n      ", " ")
-    html = str(migration_sections(list(stories.values()), started=outcome.started_at, outcome=outcome))
+    html = str(
+        migration_sections(
+            list(stories.values()), started=outcome.started_at, outcome=outcome, link_base=work
+        )
+    )
     assert html.count("<svg") >= 2 * 4 and "mig-user_session_stats" in html
+    assert (
+        html.count("reports written by the DAG&#39;s tasks") >= 4 and 'href="reports/merchant_stats/' in html
+    )
     assert any("registry: shadow 0% -> ramping 5%" in line for line in lines)

@@ -28,6 +28,8 @@ DATABASES = {"events": "fsmig_events", "legacy": "fsmig_legacy", "registry": "fs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from airflow_fsmigration.demo.migrate import TimeScale
+
     p = argparse.ArgumentParser(
         prog="python -m airflow_fsmigration.demo", description=__doc__.splitlines()[0]
     )
@@ -64,13 +66,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--breach-at", type=float, default=50.0, help="ramp %% at which the AUC drops (default 50)"
     )
-    p.add_argument("--soak", type=float, default=6.0, help="shadow soak in seconds (default 6)")
-    p.add_argument("--bake", type=float, default=3.0, help="bake per ramp step in seconds (default 3)")
+    scale = TimeScale()
+    p.add_argument(
+        "--soak", type=float, default=scale.soak_s, help=f"shadow soak in seconds (default {scale.soak_s:g})"
+    )
+    p.add_argument(
+        "--bake",
+        type=float,
+        default=scale.bake_s,
+        help=f"bake per ramp step in seconds (default {scale.bake_s:g})",
+    )
     p.add_argument(
         "--migrate-sample",
         type=int,
-        default=500,
-        help="entities per shadow comparison in the DAGs (default 500)",
+        default=scale.sample,
+        help=f"entities per shadow comparison in the DAGs (default {scale.sample})",
+    )
+    p.add_argument(
+        "--pit-samples",
+        type=int,
+        default=scale.pit_samples,
+        help=f"(entity, time) pairs of each point-in-time check (default {scale.pit_samples})",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -246,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             if migrate:
                 t0 = time.perf_counter()
                 migration = _migrate(env, args, data_dir)
-                timings["migrate (DAGs)"] = time.perf_counter() - t0
+                timings["migrate"] = time.perf_counter() - t0
+                timings.update({f"  {k}": v for k, v in migration[0].timings.items()})
             report = write_demo_report(
                 env, outcome, args.out, assessment=result.html_path, migration=migration
             )
@@ -326,7 +343,9 @@ def _migrate(env: Any, args: argparse.Namespace, data_dir: Path) -> tuple[Any, l
     from airflow_fsmigration.demo.report import collect, summary_lines
 
     inject = None if args.inject_breach.lower() == "none" else (args.inject_breach, args.breach_at)
-    scale = TimeScale(soak_s=args.soak, bake_s=args.bake, sample=args.migrate_sample)
+    scale = TimeScale(
+        soak_s=args.soak, bake_s=args.bake, sample=args.migrate_sample, pit_samples=args.pit_samples
+    )
     outcome = run_migration(env, work_dir=data_dir / "migration", scale=scale, inject=inject)
     plan = env.load_plan()
     stories = collect(
@@ -424,7 +443,9 @@ def write_demo_report(
         from airflow_fsmigration.demo.report import migration_sections
 
         run, stories = migration
-        parts.append(migration_sections(stories, started=run.started_at, outcome=run))
+        parts.append(
+            migration_sections(stories, started=run.started_at, outcome=run, link_base=out_dir.resolve())
+        )
     else:
         parts.append(h.paragraph("The migration step was skipped (--no-migrate).", kind="warn"))
     path = out_dir / "demo_report.html"

@@ -375,6 +375,7 @@ class MigrationOutcome:
     scale: TimeScale
     timings: dict[str, float]
     feed_reads: dict[str, int]
+    reports_dir: Path | None = None
 
 
 def run_dag(dag: Any, **kwargs: Any) -> Any:
@@ -610,4 +611,5 @@ def run_migration(
         scale=scale,
         timings=timings,
         feed_reads=dict(feed.reads),
+        reports_dir=Path(os.environ["FSMIG_REPORTS_DIR"]),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -171,8 +172,14 @@ def summary_lines(stories: list[GroupStory], *, width: int = 110) -> list[str]:
     return lines
 
 
-def migration_sections(stories: list[GroupStory], *, started: datetime, outcome: Any = None) -> Markup:
-    """HTML for the demo report: an overview table, then per group its timeline, trend, ramp and latency."""
+def migration_sections(
+    stories: list[GroupStory], *, started: datetime, outcome: Any = None, link_base: Path | None = None
+) -> Markup:
+    """HTML for the demo report: an overview table, then per group its timeline, trend, ramp and latency.
+
+    With ``outcome`` (a :class:`~airflow_fsmigration.demo.migrate.MigrationOutcome`) and
+    ``link_base`` (the report's folder), each group links the reports its DAG tasks wrote.
+    """
     from airflow_fsmigration.reports import html as h
 
     rows = []
@@ -224,8 +231,10 @@ def migration_sections(stories: list[GroupStory], *, started: datetime, outcome:
                 kind="warn",
             )
         )
+    task_reports = getattr(outcome, "reports_dir", None)
     for s in stories:
-        parts.append(_group_section(s, started))
+        links = _task_report_links(task_reports, s.group, link_base) if task_reports and link_base else None
+        parts.append(_group_section(s, started, links))
     return h.section("Migration through the Airflow DAGs", *parts, anchor="migration")
 
 
@@ -239,7 +248,28 @@ def _phase_badge(phase: str) -> str:
     return "muted"
 
 
-def _group_section(s: GroupStory, started: datetime) -> Markup:
+def _task_report_links(reports_dir: Path, group: str, base: Path) -> Markup | None:
+    """Links to the HTML reports the group's DAG tasks wrote (shadow, point in time, GX docs)."""
+    import os
+
+    from airflow_fsmigration.reports import html as h
+
+    folder = reports_dir / group
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.rglob("*.html") if p.parent.name != "expectations")
+    if not files:
+        return None
+    items = [
+        h.Markup('<a href="{}">{}</a>').format(
+            os.path.relpath(p.resolve(), base), p.relative_to(folder).as_posix()
+        )
+        for p in files
+    ]
+    return h.details(f"reports written by the DAG's tasks ({len(items)})", h.bullet_list(items))
+
+
+def _group_section(s: GroupStory, started: datetime, links: Markup | None = None) -> Markup:
     from airflow_fsmigration.reports import html as h
 
     timeline = [
@@ -305,4 +335,6 @@ def _group_section(s: GroupStory, started: datetime) -> Markup:
             f"audit log ({len(timeline)} entries)", h.table(["at", "from", "to", "actor", "reason"], timeline)
         )
     )
+    if links is not None:
+        parts.append(links)
     return h.section(s.group, *parts, anchor=f"mig-{s.group}", level=3)
