@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.plan.durations import format_duration
+from airflow_fsmigration.runbook import rollback_command
 from airflow_fsmigration.triggers.checks import poll_interval
 
 if TYPE_CHECKING:
@@ -150,11 +151,6 @@ class _Context:
 
     def display(self, kind: str, group: str) -> str:
         return f"w{self.wave[group]} · {group} · {kind}"
-
-
-def rollback_command(plan_path: str, group: str) -> str:
-    """The command that rolls a group back when Airflow itself is down."""
-    return f'fsmigrate rollback {shlex.quote(plan_path)} {shlex.quote(group)} --reason "..."'
 
 
 def group_doc(ctx: _Context, group: str, kind: str) -> str:

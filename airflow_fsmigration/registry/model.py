@@ -7,11 +7,12 @@ table. Every refusal says why and what to do, because the person reading it is u
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from airflow_fsmigration.runbook import rollback_command  # noqa: F401 - re-exported
 
 
 class Phase(StrEnum):
@@ -185,11 +186,3 @@ class AuditEntry:
 def backend_for(pct: float) -> Backend:
     """``active_backend`` is "new" exactly when some entities are routed to the new store."""
     return Backend.NEW if pct > 0 else Backend.OLD
-
-
-def rollback_command(plan_path: str, group: str) -> str:
-    """The shell command that rolls a group back when Airflow itself is down (``fsmigrate rollback``).
-
-    Kept here, beside the state machine, so every place that prints it (cockpit, DAG docs) agrees.
-    """
-    return f"fsmigrate rollback {shlex.quote(plan_path)} {shlex.quote(group)} --reason '...'"
