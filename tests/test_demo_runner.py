@@ -41,6 +41,7 @@ def test_demo_runner_prints_assessment_and_reuses_data(own_dir, capsys, caplog, 
         str(tmp_path / "d"),
         "--out",
         str(tmp_path / "r"),
+        "--no-migrate",  # the migration step has its own test (test_demo_migrate.py)
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
