@@ -157,16 +157,21 @@ def _reusable(
     return stamp
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def configure_logging(*, verbose: bool) -> None:
+    """Progress lines on stdout for the demo entry points; pgserver's own chatter kept down."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,
     )
     for noisy in ("pgserver", "pgserver.postgres_server", "pgserver.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(verbose=args.verbose)
     migrate = not (args.no_shadow or args.no_migrate)
     if migrate:  # Airflow reads its home when first imported: before anything can import it
         from airflow_fsmigration.demo.migrate import configure_airflow

@@ -472,14 +472,9 @@ def _banner(base_url: str, password: str, passwords_file: Path, servers: DemoSer
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-    )
-    for noisy in ("pgserver", "pgserver.postgres_server", "pgserver.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from airflow_fsmigration.demo.__main__ import configure_logging
+
+    configure_logging(verbose=args.verbose)
 
     started = time.perf_counter()
     home = args.home.resolve()
