@@ -47,11 +47,11 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest -q -m "integration or airflow"
 
 demo: $(STAMP)
-	$(BIN)/python -m airflow_fsmigration.demo
+	$(BIN)/python -m fsmig_dev.demo
 
 # Airflow with the project's DAGs, the cockpit and connections to the embedded demo stores.
 airflow: $(STAMP)
-	$(BIN)/python -m airflow_fsmigration.demo.airflow_local
+	$(BIN)/python -m fsmig_dev.demo.airflow_local
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

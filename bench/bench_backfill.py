@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     server = None
     if not a.url:
-        from airflow_fsmigration.devservices import start_postgres
+        from fsmig_dev.devservices import start_postgres
 
         server = start_postgres()
         a.url = server.url
@@ -103,8 +103,9 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     import psycopg
     from psycopg import sql
 
-    from airflow_fsmigration.backfill import replay, synthetic
+    from airflow_fsmigration.backfill import replay
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev import synthetic
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     plan = load_plan(REPO / "include" / "demo_plan")

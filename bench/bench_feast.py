@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     import psycopg
 
     from airflow_fsmigration import feast_import as fi
-    from airflow_fsmigration.devservices import start_postgres, start_redis
     from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource
+    from fsmig_dev.devservices import start_postgres, start_redis
 
     started = datetime.now(UTC)
     python = fi.ensure_feast_venv()

@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.compute as pc
     from redis.connection import parse_url
 
-    from airflow_fsmigration.devservices import start_postgres, start_redis
     from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
     from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+    from fsmig_dev.devservices import start_postgres, start_redis
 
     started = datetime.now(UTC)
     where = machine()

@@ -188,9 +188,9 @@ def bench_registry(
 
 
 def bench_cli(rd_url: str, pg_url: str, client, rounds: int, cpu: int | None) -> list[float]:
-    from airflow_fsmigration.devservices import airflow_conn_env
     from airflow_fsmigration.registry.mirror import RoutingMirror
     from airflow_fsmigration.registry.routing import Registry
+    from fsmig_dev.devservices import airflow_conn_env
 
     env = {
         **os.environ,
@@ -266,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from airflow_fsmigration.devservices import Postgres, Redis, start_postgres, start_redis
     from airflow_fsmigration.plan import load_plan
     from airflow_fsmigration.registry.routing import Registry
     from bench.bench_router import seed
+    from fsmig_dev.devservices import Postgres, Redis, start_postgres, start_redis
 
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) >= 2

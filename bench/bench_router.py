@@ -414,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from airflow_fsmigration.devservices import Postgres, Redis, start_postgres, start_redis
     from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
     from airflow_fsmigration.serving.router import FeatureRouter
     from airflow_fsmigration.serving.routing import publish_state
+    from fsmig_dev.devservices import Postgres, Redis, start_postgres, start_redis
 
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) >= 2

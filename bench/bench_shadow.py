@@ -113,7 +113,7 @@ def frames(n: int, mismatch_rate: float, seed: int = 11):
 
 def start_services(args: argparse.Namespace, workdir: Path) -> dict:
     """Servers and an empty database; the data is loaded by the ``setup`` worker (see below)."""
-    from airflow_fsmigration.devservices import Postgres, start_postgres, start_redis
+    from fsmig_dev.devservices import Postgres, start_postgres, start_redis
 
     pg = Postgres(url=args.pg_url) if args.pg_url else start_postgres(workdir / "pg")
     rd = None if args.redis_url else start_redis()

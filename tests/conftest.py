@@ -27,7 +27,7 @@ os.environ.update(
 
 import pytest  # noqa: E402
 
-from airflow_fsmigration.devservices import env_url, start_postgres, start_redis  # noqa: E402
+from fsmig_dev.devservices import env_url, start_postgres, start_redis  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO_PLAN = REPO / "include" / "demo_plan"
@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def postgres():
     """A running PostgreSQL server (admin URL in ``.url``); embedded unless FSMIG_TEST_POSTGRES_URL is set."""
-    from airflow_fsmigration.devservices import Postgres
+    from fsmig_dev.devservices import Postgres
 
     url = env_url("FSMIG_TEST_POSTGRES_URL")
     server = Postgres(url=url) if url else start_postgres()
@@ -56,7 +56,7 @@ def postgres():
 
 @pytest.fixture(scope="session")
 def redis_server():
-    from airflow_fsmigration.devservices import Redis
+    from fsmig_dev.devservices import Redis
 
     url = env_url("FSMIG_TEST_REDIS_URL")
     server = Redis(url=url) if url else start_redis()

@@ -59,8 +59,8 @@ def world(postgres, redis_server, demo_plan, tmp_path_factory, airflow_db):
     import redis
     from psycopg import sql
 
-    from airflow_fsmigration.demo.data import generate_demo
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev.demo.data import generate_demo
 
     name = f"t_af_{uuid.uuid4().hex[:8]}"
     url = postgres.create_database(name)

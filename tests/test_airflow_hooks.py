@@ -14,8 +14,8 @@ DEMO = str(REPO / "include" / "demo_plan")
 
 @pytest.mark.integration
 def test_postgres_hook_gives_a_working_libpq_url_for_a_unix_socket_host(pg_url, monkeypatch):
-    from airflow_fsmigration.devservices import airflow_conn_env
     from airflow_fsmigration.hooks.stores import FsMigrationPostgresHook
+    from fsmig_dev.devservices import airflow_conn_env
 
     env = airflow_conn_env("fsmig_sock", pg_url)
     host = json.loads(env["AIRFLOW_CONN_FSMIG_SOCK"])["host"]
@@ -52,8 +52,8 @@ def test_postgres_hook_reads_a_socket_host_from_a_uri_connection(pg_url, monkeyp
 
 @pytest.mark.integration
 def test_redis_hook_client_and_db_from_extra(redis_url, monkeypatch):
-    from airflow_fsmigration.devservices import airflow_conn_env
     from airflow_fsmigration.hooks.stores import FsMigrationRedisHook
+    from fsmig_dev.devservices import airflow_conn_env
 
     env = airflow_conn_env("fsmig_r", redis_url)
     conn = json.loads(env["AIRFLOW_CONN_FSMIG_R"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_fsmigration.demo.airflow_local import (
+from fsmig_dev.demo.airflow_local import (
     admin_password,
     airflow_env,
     main,
@@ -25,7 +25,7 @@ from airflow_fsmigration.demo.airflow_local import (
     port_free,
     start_demo_servers,
 )
-from airflow_fsmigration.devservices import free_port
+from fsmig_dev.devservices import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -231,7 +231,7 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
     cmd = [
         sys.executable,
         "-m",
-        "airflow_fsmigration.demo.airflow_local",
+        "fsmig_dev.demo.airflow_local",
         "--data-dir",
         str(work / "demo"),
         "--home",

@@ -59,8 +59,8 @@ def test_poll_interval_is_proportional_to_the_gate():
 @pytest.fixture
 def seconds_plan(tmp_path, pg_url, redis_url, monkeypatch):
     """The demo plan with a 3 s soak, 2 s bake and 1 s keep-warm, every connection on the test servers."""
-    from airflow_fsmigration.devservices import airflow_conn_env
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev.devservices import airflow_conn_env
 
     plan_dir = tmp_path / "plan"
     shutil.copytree(REPO / "include" / "demo_plan", plan_dir)

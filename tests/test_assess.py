@@ -97,7 +97,7 @@ def test_html_escapes_plan_text(demo_plan, tmp_path, no_event_log):
 
 @pytest.mark.integration
 def test_event_log_that_does_not_answer_is_reported_not_passed(demo_plan, tmp_path, monkeypatch):
-    from airflow_fsmigration.devservices import airflow_conn_env, free_port
+    from fsmig_dev.devservices import airflow_conn_env, free_port
 
     monkeypatch.setenv(
         *next(
@@ -112,7 +112,7 @@ def test_event_log_that_does_not_answer_is_reported_not_passed(demo_plan, tmp_pa
 
 @pytest.mark.integration
 def test_retention_audit_on_generated_demo_data(demo_plan, pg_url, redis_url, tmp_path, monkeypatch):
-    from airflow_fsmigration.demo.data import generate_demo
+    from fsmig_dev.demo.data import generate_demo
 
     env = generate_demo(
         pg_url,
@@ -157,8 +157,8 @@ def test_event_log_without_history_reports_every_gap(demo_plan, pg_url, tmp_path
     """Ten days of events cannot back 14- to 60-day backfills: every group has a gap, with its size."""
     import psycopg
 
-    from airflow_fsmigration.demo.data import generate_raw
-    from airflow_fsmigration.devservices import airflow_conn_env
+    from fsmig_dev.demo.data import generate_raw
+    from fsmig_dev.devservices import airflow_conn_env
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         generate_raw(conn, demo_plan, entities=50, days=10, seed=0.1, now=NOW)
@@ -185,7 +185,7 @@ def test_event_log_without_history_reports_every_gap(demo_plan, pg_url, tmp_path
 
 @pytest.mark.integration
 def test_event_log_without_raw_tables(demo_plan, pg_url, tmp_path, monkeypatch):
-    from airflow_fsmigration.devservices import airflow_conn_env
+    from fsmig_dev.devservices import airflow_conn_env
 
     monkeypatch.setenv(*next(iter(airflow_conn_env("fsmig_events", pg_url).items())))
     result = write_assessment(demo_plan, tmp_path, now=NOW)

@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from airflow_fsmigration.backfill import replay, synthetic
+from airflow_fsmigration.backfill import replay
 from airflow_fsmigration.backfill.retention import RetentionGapError
 from airflow_fsmigration.plan.definitions import render_as_of
+from fsmig_dev import synthetic
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 GROUP = "user_txn_stats"

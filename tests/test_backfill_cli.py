@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airflow_fsmigration.backfill import synthetic
 from airflow_fsmigration.cli import main
+from fsmig_dev import synthetic
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 PLAN = "include/demo_plan"

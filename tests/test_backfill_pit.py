@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airflow_fsmigration.backfill import pit, replay, synthetic
+from airflow_fsmigration.backfill import pit, replay
 from airflow_fsmigration.backfill.training import RetrainVerdict, agreements_from_result, retraining_verdicts
 from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
+from fsmig_dev import synthetic
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 GROUP = "user_txn_stats"

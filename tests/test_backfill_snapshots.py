@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from airflow_fsmigration.backfill import replay, snapshots, synthetic
+from airflow_fsmigration.backfill import replay, snapshots
+from fsmig_dev import synthetic
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 GROUP = "user_txn_stats"

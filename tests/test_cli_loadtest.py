@@ -7,7 +7,7 @@ import re
 import pytest
 
 from airflow_fsmigration.cli import main
-from airflow_fsmigration.demo.data import generate_demo
+from fsmig_dev.demo.data import generate_demo
 
 pytestmark = pytest.mark.integration
 

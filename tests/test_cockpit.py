@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_fsmigration.devservices import airflow_conn_env, free_port
 from airflow_fsmigration.reports.cockpit import gather, render
+from fsmig_dev.devservices import airflow_conn_env, free_port
 
 
 @dataclass

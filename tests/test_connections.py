@@ -16,7 +16,7 @@ from airflow_fsmigration.connections import (
     parse_airflow_conn,
     resolve,
 )
-from airflow_fsmigration.devservices import airflow_conn_env, free_port
+from fsmig_dev.devservices import airflow_conn_env, free_port
 
 
 @pytest.mark.unit

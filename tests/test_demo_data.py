@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from airflow_fsmigration.demo.data import (
+from fsmig_dev.demo.data import (
     BUG_GROUP,
     as_of_sql,
     deploy_new_store,
@@ -284,7 +284,7 @@ def test_runner_shadow_step_finds_the_planted_bug_and_nothing_else(demo, monkeyp
     import argparse
 
     from airflow_fsmigration.cli import main as fsmigrate
-    from airflow_fsmigration.demo.__main__ import _deploy_and_shadow, _print_shadow_outcome, write_demo_report
+    from fsmig_dev.demo.__main__ import _deploy_and_shadow, _print_shadow_outcome, write_demo_report
 
     env, _url, _ = demo
     for key, value in env.conn_env.items():

@@ -29,7 +29,7 @@ def demo_env(postgres, redis_server, demo_plan, tmp_path_factory, airflow_db):
     import redis
     from psycopg import sql
 
-    from airflow_fsmigration.demo.data import generate_demo
+    from fsmig_dev.demo.data import generate_demo
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
@@ -63,9 +63,9 @@ def demo_env(postgres, redis_server, demo_plan, tmp_path_factory, airflow_db):
 
 @pytest.mark.unit
 def test_seconds_plan_keeps_the_bug_and_scales_every_window(demo_plan, tmp_path):
-    from airflow_fsmigration.demo.data import write_demo_plan
-    from airflow_fsmigration.demo.migrate import TimeScale, write_seconds_plan
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev.demo.data import write_demo_plan
+    from fsmig_dev.demo.migrate import TimeScale, write_seconds_plan
 
     src = tmp_path / "buggy"
     assert write_demo_plan(demo_plan.source_dir, src, inject_bug=True) is not None
@@ -90,9 +90,9 @@ def test_seconds_plan_keeps_the_bug_and_scales_every_window(demo_plan, tmp_path)
 @pytest.mark.airflow
 @pytest.mark.integration
 def test_demo_migration_wave_order_bug_held_and_breach_rolled_back(demo_env):
-    from airflow_fsmigration.demo.migrate import TimeScale, run_migration
-    from airflow_fsmigration.demo.report import collect, migration_sections, summary_lines
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev.demo.migrate import TimeScale, run_migration
+    from fsmig_dev.demo.report import collect, migration_sections, summary_lines
 
     env, work = demo_env
     # the demo's shadow step before the DAGs: one recorded comparison of the buggy group

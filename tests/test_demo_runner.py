@@ -26,9 +26,9 @@ def own_dir():
 @pytest.mark.integration
 def test_demo_runner_prints_assessment_and_reuses_data(own_dir, capsys, caplog, monkeypatch):
     tmp_path = own_dir
-    from airflow_fsmigration.demo.__main__ import main
+    from fsmig_dev.demo.__main__ import main
 
-    caplog.set_level(logging.INFO, logger="airflow_fsmigration.demo")
+    caplog.set_level(logging.INFO, logger="fsmig_dev.demo")
 
     for key in ("AIRFLOW_CONN_FSMIG_EVENTS", "AIRFLOW_CONN_FSMIG_LEGACY_REDIS"):
         monkeypatch.delenv(key, raising=False)

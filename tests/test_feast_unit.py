@@ -310,10 +310,10 @@ def test_missing_feast_interpreter_says_how_to_get_one(monkeypatch, tmp_path):
 
 def test_unreachable_stores_name_the_connection():
     from airflow_fsmigration.connections import StoreUnavailable
-    from airflow_fsmigration.devservices import free_port
     from airflow_fsmigration.plan.model import FeatureGroup
     from airflow_fsmigration.stores.feast_offline import FeastPostgresOfflineSource
     from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource
+    from fsmig_dev.devservices import free_port
 
     repo = fi.FeastRepo.from_dict(REPO_DUMP)
     group = FeatureGroup.model_validate(

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from airflow_fsmigration.cli import main
-from airflow_fsmigration.devservices import airflow_conn_env
 from airflow_fsmigration.registry.mirror import RoutingMirror, routing_key
 from airflow_fsmigration.registry.model import Phase
 from airflow_fsmigration.registry.routing import Registry
+from fsmig_dev.devservices import airflow_conn_env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO_PLAN = REPO / "include" / "demo_plan"

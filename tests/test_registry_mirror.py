@@ -11,10 +11,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from airflow_fsmigration.devservices import free_port
 from airflow_fsmigration.registry.mirror import CHANNEL, RoutingMirror, parse_doc, routing_key
 from airflow_fsmigration.registry.model import Backend, Phase, RoutingState
 from airflow_fsmigration.registry.routing import Registry
+from fsmig_dev.devservices import free_port
 
 GROUP = "merchant_stats"
 

@@ -364,7 +364,7 @@ def test_shadow_rate_limit(demo_plan, redis_client, pg_url):
 
 @pytest.mark.integration
 def test_routing_redis_down_means_old_store(demo_plan, redis_client, pg_url):
-    from airflow_fsmigration.devservices import start_redis
+    from fsmig_dev.devservices import start_redis
 
     ids = seed_stores(demo_plan, redis_client, pg_url, 50)
     routing_server = start_redis()  # routing mirror on its own Redis, which we then kill
@@ -405,7 +405,7 @@ def test_serving_imports_no_airflow():
 
 @pytest.mark.integration
 def test_breaker_opens_when_the_new_store_server_is_stopped(demo_plan, redis_client):
-    from airflow_fsmigration.devservices import start_postgres
+    from fsmig_dev.devservices import start_postgres
 
     server = start_postgres()  # a new store of its own, so that it can really be stopped
     try:

@@ -19,10 +19,10 @@ from airflow_fsmigration.compare.noise import noise_from_reads
 from airflow_fsmigration.compare.results import ResultStore
 from airflow_fsmigration.compare.shadow import run_shadow
 from airflow_fsmigration.connections import StoreUnavailable
-from airflow_fsmigration.devservices import airflow_conn_env, free_port
 from airflow_fsmigration.plan import load_plan
 from airflow_fsmigration.stores.new_store import NewStore
 from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+from fsmig_dev.devservices import airflow_conn_env, free_port
 
 pytestmark = pytest.mark.integration
 

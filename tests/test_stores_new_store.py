@@ -15,10 +15,10 @@ import psycopg
 import pytest
 
 from airflow_fsmigration.connections import StoreUnavailable
-from airflow_fsmigration.devservices import free_port
 from airflow_fsmigration.stores.base import FeatureSource, UpstreamNotDeployed
 from airflow_fsmigration.stores.frames import feature_schema
 from airflow_fsmigration.stores.new_store import DeployError, NewStore
+from fsmig_dev.devservices import free_port
 
 pytestmark = pytest.mark.integration
 

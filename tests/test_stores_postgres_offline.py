@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from airflow_fsmigration.connections import StoreUnavailable
-from airflow_fsmigration.devservices import free_port
 from airflow_fsmigration.plan.model import FeatureGroup
 from airflow_fsmigration.stores.base import FeatureSource
 from airflow_fsmigration.stores.frames import feature_schema
 from airflow_fsmigration.stores.postgres_offline import OfflineTableError, PostgresOfflineSource
+from fsmig_dev.devservices import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import MigrationPlan
 
-log = logging.getLogger("airflow_fsmigration.demo")
+log = logging.getLogger("fsmig_dev.demo")
 
 SERVING_SCHEMA = "fsmig_serving"
 HEALTHY_AUC = 0.90
@@ -142,7 +142,7 @@ def write_seconds_plan(
                 spec["sla"]["max_staleness"] = stale
                 spec["sla"]["p99_ms"] = max(spec["sla"].get("p99_ms", 0), 500)
         path.write_text(
-            "# Seconds-scale copy written by the demo (airflow_fsmigration.demo.migrate); do not edit.\n"
+            "# Seconds-scale copy written by the demo (fsmig_dev.demo.migrate); do not edit.\n"
             + yaml.safe_dump(data, sort_keys=False)
         )
     return dst
@@ -497,7 +497,7 @@ def run_migration(
 ) -> MigrationOutcome:
     """Run every group's migrate DAG wave by wave (upstream first) on a seconds-scale plan copy.
 
-    ``env`` is the demo environment (:class:`~airflow_fsmigration.demo.data.DemoEnvironment`);
+    ``env`` is the demo environment (:class:`~fsmig_dev.demo.data.DemoEnvironment`);
     Airflow must already be configured (:func:`configure_airflow`). ``inject=(group, pct)`` drops
     the AUC of ``group``'s models once it reaches ``pct`` % (None: no injected breach).
     ``groups``: migrate only these (still in wave order; default every group of the plan).

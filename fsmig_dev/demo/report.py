@@ -177,7 +177,7 @@ def migration_sections(
 ) -> Markup:
     """HTML for the demo report: an overview table, then per group its timeline, trend, ramp and latency.
 
-    With ``outcome`` (a :class:`~airflow_fsmigration.demo.migrate.MigrationOutcome`) and
+    With ``outcome`` (a :class:`~fsmig_dev.demo.migrate.MigrationOutcome`) and
     ``link_base`` (the report's folder), each group links the reports its DAG tasks wrote.
     """
     from airflow_fsmigration.reports import html as h

@@ -4,8 +4,8 @@ Steps: start the servers (data under ``.fsmig/demo`` so a rerun with the same si
 generate the data (or reuse it; earlier runs' registry state is forgotten), validate the plan,
 write and print the assessment, deploy the new store and shadow-compare every group, then run
 every group's generated migrate DAG wave by wave under ``dag.test()`` with soak and bake windows
-of seconds (:mod:`airflow_fsmigration.demo.migrate`), print a one-screen summary and write
-``demo_report.html``. See :mod:`airflow_fsmigration.demo.data` for what is generated and where.
+of seconds (:mod:`fsmig_dev.demo.migrate`), print a one-screen summary and write
+``demo_report.html``. See :mod:`fsmig_dev.demo.data` for what is generated and where.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("airflow_fsmigration.demo")
+log = logging.getLogger("fsmig_dev.demo")
 
 REPO_PLAN = Path(__file__).resolve().parents[2] / "include" / "demo_plan"
 GENERATOR_VERSION = 3  # bump when the generated data changes shape, so stale demo data is regenerated
@@ -28,11 +28,9 @@ DATABASES = {"events": "fsmig_events", "legacy": "fsmig_legacy", "registry": "fs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from airflow_fsmigration.demo.migrate import TimeScale
+    from fsmig_dev.demo.migrate import TimeScale
 
-    p = argparse.ArgumentParser(
-        prog="python -m airflow_fsmigration.demo", description=__doc__.splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m fsmig_dev.demo", description=__doc__.splitlines()[0])
     p.add_argument(
         "--entities", type=int, default=100_000, help="users (merchants 1/50, items 1/20); default 100000"
     )
@@ -111,7 +109,7 @@ def _start_postgres(data_dir: Path) -> Any:
     """Embedded Postgres on ``data_dir`` that stops (keeping its data) when we stop it."""
     import pgserver
 
-    from airflow_fsmigration.devservices import Postgres
+    from fsmig_dev.devservices import Postgres
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")
@@ -174,15 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(verbose=args.verbose)
     migrate = not (args.no_shadow or args.no_migrate)
     if migrate:  # Airflow reads its home when first imported: before anything can import it
-        from airflow_fsmigration.demo.migrate import configure_airflow
+        from fsmig_dev.demo.migrate import configure_airflow
 
         configure_airflow(args.data_dir / "airflow")
 
     from airflow_fsmigration.cli import main as fsmigrate
-    from airflow_fsmigration.demo.data import DemoEnvironment, generate_demo
-    from airflow_fsmigration.devservices import start_redis
     from airflow_fsmigration.plan import load_plan
     from airflow_fsmigration.reports.assess import write_assessment
+    from fsmig_dev.demo.data import DemoEnvironment, generate_demo
+    from fsmig_dev.devservices import start_redis
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -237,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             timings["reuse data"] = time.perf_counter() - t0
         env.apply_env()
         if stamp is not None:
-            from airflow_fsmigration.demo.migrate import reset_migration_state
+            from fsmig_dev.demo.migrate import reset_migration_state
 
             plan = env.load_plan()
             reset_migration_state(env.urls[plan.connections.registry], rd.url)
@@ -344,8 +342,8 @@ def _latest_shadow(out_dir: Path, group: str) -> tuple[dict[str, Any], Path] | t
 
 def _migrate(env: Any, args: argparse.Namespace, data_dir: Path) -> tuple[Any, list[Any]]:
     """Run the migrate DAGs, then print the one-screen summary; returns (outcome, group stories)."""
-    from airflow_fsmigration.demo.migrate import TimeScale, run_migration
-    from airflow_fsmigration.demo.report import collect, summary_lines
+    from fsmig_dev.demo.migrate import TimeScale, run_migration
+    from fsmig_dev.demo.report import collect, summary_lines
 
     inject = None if args.inject_breach.lower() == "none" else (args.inject_breach, args.breach_at)
     scale = TimeScale(
@@ -445,7 +443,7 @@ def write_demo_report(
             )
         )
     if migration is not None:
-        from airflow_fsmigration.demo.report import migration_sections
+        from fsmig_dev.demo.report import migration_sections
 
         run, stories = migration
         parts.append(
@@ -488,9 +486,9 @@ def _save_redis(url: str, timeout: float = 600.0) -> bool:
 
 def _env_from_stamp(data: dict[str, Any], urls: dict[str, str], redis_url: str, cls: Any) -> Any:
     """Rebuild the environment of a previous run, pointing at this run's server addresses."""
-    from airflow_fsmigration.demo.data import DemoBug, connection_urls
-    from airflow_fsmigration.devservices import airflow_conn_env
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev.demo.data import DemoBug, connection_urls
+    from fsmig_dev.devservices import airflow_conn_env
 
     plan_dir = Path(data["plan_dir"])
     conn_urls = connection_urls(

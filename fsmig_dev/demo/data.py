@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
 
-log = logging.getLogger("airflow_fsmigration.demo")
+log = logging.getLogger("fsmig_dev.demo")
 
 # The master table of each entity kind of the demo plan (ids are sequential, so "first N" is a fair sample).
 ENTITY_TABLES = {"user_id": "raw.users", "merchant_id": "raw.merchants", "item_id": "raw.items"}
@@ -204,7 +204,7 @@ def buggy_session_stats_sql(correct_sql: str) -> str:
     if correct_sql.count(marker) != 2 or "WITH sessions AS (" not in correct_sql:
         raise ValueError(
             f"the {BUG_GROUP} definition no longer has the shape the demo bug expects "
-            f"(two '{marker}' and a 'WITH sessions AS (' CTE): update airflow_fsmigration/demo/data.py"
+            f"(two '{marker}' and a 'WITH sessions AS (' CTE): update fsmig_dev/demo/data.py"
         )
     sql = correct_sql.replace(marker, "FROM clickstream_src AS c")
     sql = sql.replace("WITH sessions AS (", "WITH " + _BUG_CTE + "sessions AS (", 1)
@@ -995,7 +995,7 @@ def generate_demo(
     urls = connection_urls(
         plan, events_url=events_url, legacy_url=legacy_url, registry_url=registry_url, redis_url=redis_url
     )
-    from airflow_fsmigration.devservices import airflow_conn_env
+    from fsmig_dev.devservices import airflow_conn_env
 
     env: dict[str, str] = {}
     for conn_id, url in urls.items():

@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-log = logging.getLogger("airflow_fsmigration.demo.airflow")
+log = logging.getLogger("fsmig_dev.demo.airflow")
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -53,7 +53,7 @@ class Stop(Exception):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m airflow_fsmigration.demo.airflow_local", description=__doc__.splitlines()[0]
+        prog="python -m fsmig_dev.demo.airflow_local", description=__doc__.splitlines()[0]
     )
     p.add_argument(
         "--data-dir", type=Path, default=Path(".fsmig/demo"), help="demo server data (shared with make demo)"
@@ -114,10 +114,10 @@ def start_demo_servers(args: argparse.Namespace) -> DemoServers:
     whatever its size; with ``--entities`` the data is reused only when it was made with the same
     sizes, as ``make demo`` does.
     """
-    from airflow_fsmigration.demo import __main__ as demo
-    from airflow_fsmigration.demo.data import DemoEnvironment, generate_demo
-    from airflow_fsmigration.devservices import start_redis
     from airflow_fsmigration.plan import load_plan
+    from fsmig_dev.demo import __main__ as demo
+    from fsmig_dev.demo.data import DemoEnvironment, generate_demo
+    from fsmig_dev.devservices import start_redis
 
     data_dir = args.data_dir.resolve()
     demo_args = demo.parse_args(
@@ -472,7 +472,7 @@ def _banner(base_url: str, password: str, passwords_file: Path, servers: DemoSer
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from airflow_fsmigration.demo.__main__ import configure_logging
+    from fsmig_dev.demo.__main__ import configure_logging
 
     configure_logging(verbose=args.verbose)
 
