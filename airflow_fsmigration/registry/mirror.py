@@ -1,14 +1,9 @@
 """The Redis mirror of the routing registry, read by serving processes in microseconds.
 
-Contract with the serving side (``airflow_fsmigration.serving``), implemented exactly here:
+The wire format (key, channel, canonical JSON, what counts as unreadable) is
+:mod:`airflow_fsmigration.routing_wire`, shared with serving. What this side adds:
 
-* Key ``fsmig:routing:{group}`` holds a JSON object
-  ``{"group", "phase", "ramp_pct", "active_backend" ("old"|"new"), "version", "updated_at" (ISO 8601)}``.
-  ``active_backend`` is "new" exactly when ``ramp_pct > 0``; entities whose bucket falls under
-  ``ramp_pct`` read from the new store.
-* After every committed change the key is SET and the same JSON text is PUBLISHed on the channel
-  ``fsmig:routing``. JSON is canonical (sorted keys, no spaces), so equal states are equal bytes.
-* A missing or unreadable key means "old store" (the router's job).
+* After every committed change the key is SET and the same JSON text is PUBLISHed.
 * Postgres is the truth. The mirror only ever moves forward in ``version``: a slow publisher that
   lost a race never overwrites a newer state (checked atomically in a Lua script), and a corrupted
   or missing key is repaired by :meth:`RoutingMirror.reconcile`.
@@ -18,21 +13,32 @@ Contract with the serving side (``airflow_fsmigration.serving``), implemented ex
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from airflow_fsmigration.registry.model import RoutingState
+from airflow_fsmigration.routing_wire import CHANNEL, FIELDS, KEY_PREFIX, parse_doc, routing_key
 
-if TYPE_CHECKING:
-    from airflow_fsmigration.registry.routing import Registry
+__all__ = [
+    "CHANNEL",
+    "FIELDS",
+    "KEY_PREFIX",
+    "ReconcileReport",
+    "RoutingMirror",
+    "parse_doc",
+    "routing_key",
+]
 
 log = logging.getLogger("airflow_fsmigration.registry")
 
-KEY_PREFIX = "fsmig:routing:"
-CHANNEL = "fsmig:routing"
-FIELDS = ("group", "phase", "ramp_pct", "active_backend", "version", "updated_at")
+
+class StateSource(Protocol):
+    """What ``reconcile`` needs of the registry (no import of it: the registry imports us)."""
+
+    def states(self, plan_name: str | None = None) -> Mapping[str, RoutingState]: ...
+
 
 # SET + PUBLISH unless the stored document is a newer version, or the same version with the same text.
 _SET_IF_NEWER = """
@@ -49,31 +55,6 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return 1
 """
-
-
-def routing_key(group: str) -> str:
-    return f"{KEY_PREFIX}{group}"
-
-
-def parse_doc(raw: bytes | str | None) -> dict[str, Any] | None:
-    """A mirrored document, or None when it is missing or unreadable (which means "old store")."""
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, dict) or any(f not in doc for f in FIELDS):
-        return None
-    if doc["active_backend"] not in ("old", "new") or not isinstance(doc["version"], int):
-        return None
-    try:
-        pct = float(doc["ramp_pct"])
-    except (TypeError, ValueError):
-        return None
-    if not 0 <= pct <= 100:
-        return None
-    return doc
 
 
 @dataclass
@@ -172,7 +153,7 @@ class RoutingMirror:
             return "content differs at the same version"
         return None
 
-    def reconcile(self, registry: Registry, plan_name: str | None = None) -> ReconcileReport:
+    def reconcile(self, registry: StateSource, plan_name: str | None = None) -> ReconcileReport:
         """Rewrite every key that differs from Postgres (e.g. a publish failed after its commit).
 
         A key *ahead* of Postgres (a higher version than the registry holds) is forced back too:

@@ -7,11 +7,13 @@ table. Every refusal says why and what to do, because the person reading it is u
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from airflow_fsmigration.routing_wire import encode_doc
 from airflow_fsmigration.runbook import rollback_command  # noqa: F401 - re-exported
 
 
@@ -147,18 +149,18 @@ class RoutingState:
         return f"{self.phase.value} at {self.ramp_pct:g}% (version {self.version})"
 
     def mirror_doc(self) -> dict[str, Any]:
-        """The JSON document of the Redis mirror (the contract in :mod:`.mirror`)."""
-        return {
-            "group": self.group,
-            "phase": self.phase.value,
-            "ramp_pct": float(self.ramp_pct),
-            "active_backend": self.active_backend.value,
-            "version": int(self.version),
-            "updated_at": self.updated_at.isoformat(),
-        }
+        """The JSON document of the Redis mirror (the contract in :mod:`airflow_fsmigration.routing_wire`)."""
+        return json.loads(self.mirror_json())
 
     def mirror_json(self) -> str:
-        return json.dumps(self.mirror_doc(), sort_keys=True, separators=(",", ":"))
+        return encode_doc(
+            group=self.group,
+            phase=self.phase.value,
+            ramp_pct=self.ramp_pct,
+            active_backend=self.active_backend.value,
+            version=self.version,
+            updated_at=self.updated_at.isoformat(),
+        )
 
 
 @dataclass(frozen=True)
@@ -186,3 +188,63 @@ class AuditEntry:
 def backend_for(pct: float) -> Backend:
     """``active_backend`` is "new" exactly when some entities are routed to the new store."""
     return Backend.NEW if pct > 0 else Backend.OLD
+
+
+def check_forward(
+    current: RoutingState,
+    target: Phase,
+    ramp_pct: float | None,
+    soak_passed: bool | None,
+    *,
+    ramp_steps: Sequence[float] | None = None,
+    soak_why: str = "",
+) -> float:
+    """Check a forward move against the state machine; return the ramp percentage it leads to.
+
+    Pure (the keep-warm window, which needs the database, is checked by the registry itself).
+    :param ramp_steps: the plan's ramp steps of the group; None skips the no-skipping rule.
+    """
+    group = current.group
+    allowed = LEGAL[target]
+    if current.phase not in allowed:
+        froms = ", ".join(sorted(p.value for p in allowed))
+        why = f"{target.value} can only be entered from {froms}"
+        if current.phase is Phase.ROLLED_BACK and target in (Phase.RAMPING, Phase.CUTOVER):
+            why = "the group was rolled back; traffic may only move again after a fresh shadow soak"
+        raise IllegalTransition(group, current, target.value, why)
+    if target is Phase.RAMPING:
+        if ramp_pct is None:
+            raise IllegalTransition(group, current, "ramping", "a ramp needs ramp_pct (1..99)")
+        pct = float(ramp_pct)
+        if not 0 < pct < 100:
+            why = (
+                "ramp_pct 100 is a cutover: call ramp(group, 100) or transition to 'cutover'"
+                if pct >= 100
+                else f"ramp_pct must be in (0, 100), got {ramp_pct}; use rollback to send all traffic back"
+            )
+            raise IllegalTransition(group, current, "ramping", why)
+    else:
+        pct = FIXED_PCT[target]
+        if ramp_pct is not None and float(ramp_pct) != pct:
+            raise IllegalTransition(
+                group, current, target.value, f"{target.value} means {pct:g}%, not {ramp_pct}%"
+            )
+    if current.phase is Phase.SHADOW and target in (Phase.RAMPING, Phase.CUTOVER) and soak_passed is not True:
+        raise IllegalTransition(
+            group,
+            current,
+            f"{target.value} at {pct:g}%",
+            "no traffic moves before the shadow soak has passed (soak_passed was "
+            f"{soak_passed!r}{': ' + soak_why if soak_why else ''}); pass the group's "
+            "`compare.results` SoakStatus (or soak_passed=True) once it is satisfied",
+        )
+    if pct > current.ramp_pct and ramp_steps is not None:
+        nxt = next((s for s in ramp_steps if s > current.ramp_pct), 100)
+        if pct > nxt:
+            raise IllegalTransition(
+                group,
+                current,
+                f"{target.value} at {pct:g}%",
+                f"it skips the {nxt}% step of the plan's ramp_steps {list(ramp_steps)}; ramp to {nxt}% and bake first",
+            )
+    return pct

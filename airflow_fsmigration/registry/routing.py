@@ -25,7 +25,6 @@ repairs it.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -35,15 +34,16 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.db import SCHEMA, ensure_schema
+from airflow_fsmigration.registry import audit as _audit
+from airflow_fsmigration.registry.audit import COLS as _COLS
+from airflow_fsmigration.registry.audit import MIGRATIONS, DagRunLike
+from airflow_fsmigration.registry.audit import check_who_why as _check_who_why
+from airflow_fsmigration.registry.audit import row_to_state as _state
 from airflow_fsmigration.registry.model import (
-    FIXED_PCT,
     FREEZABLE_PHASES,
-    LEGAL,
     OLD_ONLY_PHASES,
     SERVING_PHASES,
     AuditEntry,
-    Backend,
-    DagRunRef,
     IllegalTransition,
     Phase,
     RegistryError,
@@ -51,6 +51,7 @@ from airflow_fsmigration.registry.model import (
     UnknownGroup,
     VersionConflict,
     backend_for,
+    check_forward,
 )
 
 if TYPE_CHECKING:
@@ -58,66 +59,6 @@ if TYPE_CHECKING:
     from airflow_fsmigration.registry.mirror import RoutingMirror
 
 log = logging.getLogger("airflow_fsmigration.registry")
-
-_PHASES_SQL = ", ".join(f"'{p.value}'" for p in Phase)
-
-# Append-only: never edit a shipped step, add a new one.
-MIGRATIONS: tuple[str, ...] = (
-    f"""CREATE TABLE "{SCHEMA}".routing (
-        group_name text PRIMARY KEY,
-        plan_name text,
-        phase text NOT NULL CHECK (phase IN ({_PHASES_SQL})),
-        ramp_pct double precision NOT NULL CHECK (ramp_pct >= 0 AND ramp_pct <= 100),
-        active_backend text NOT NULL CHECK (active_backend IN ('old', 'new')),
-        version bigint NOT NULL CHECK (version >= 1),
-        updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-        updated_by text NOT NULL,
-        CHECK ((active_backend = 'new') = (ramp_pct > 0))
-    )""",
-    f"""CREATE TABLE "{SCHEMA}".routing_audit (
-        id bigserial PRIMARY KEY,
-        group_name text NOT NULL REFERENCES "{SCHEMA}".routing (group_name),
-        version bigint NOT NULL,
-        at timestamptz NOT NULL,
-        actor text NOT NULL,
-        reason text NOT NULL,
-        from_phase text,
-        from_pct double precision,
-        to_phase text NOT NULL,
-        to_pct double precision NOT NULL,
-        dag_id text,
-        run_id text,
-        evidence jsonb,
-        UNIQUE (group_name, version)
-    )""",
-)
-
-_COLS = "group_name, phase, ramp_pct, active_backend, version, updated_at, plan_name"
-_AUDIT_COLS = "id, group_name, version, at, actor, reason, from_phase, from_pct, to_phase, to_pct, dag_id, run_id, evidence"
-
-
-def _state(row: tuple[Any, ...], *, changed: bool = True) -> RoutingState:
-    return RoutingState(
-        group=row[0],
-        phase=Phase(row[1]),
-        ramp_pct=float(row[2]),
-        active_backend=Backend(row[3]),
-        version=int(row[4]),
-        updated_at=row[5],
-        plan=row[6],
-        changed=changed,
-    )
-
-
-def _dag_run(ref: DagRunRef | tuple[str, str] | Mapping[str, Any] | None) -> tuple[str | None, str | None]:
-    if ref is None:
-        return None, None
-    if isinstance(ref, DagRunRef):
-        return ref.dag_id, ref.run_id
-    if isinstance(ref, Mapping):
-        return ref.get("dag_id"), ref.get("run_id")
-    dag_id, run_id = ref
-    return dag_id, run_id
 
 
 class Registry:
@@ -213,44 +154,13 @@ class Registry:
 
     def audit(self, group: str, *, limit: int | None = None) -> list[AuditEntry]:
         """The group's transitions, oldest first (the newest ``limit`` when given)."""
-        sql = f'SELECT {_AUDIT_COLS} FROM "{SCHEMA}".routing_audit WHERE group_name = %s ORDER BY version'
-        params: tuple[Any, ...] = (group,)
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) t ORDER BY version"
-            params = (group, limit)
         with self._lock:
-            rows = self.connection().execute(sql, params).fetchall()
-        return [
-            AuditEntry(
-                id=r[0],
-                group=r[1],
-                version=r[2],
-                at=r[3],
-                actor=r[4],
-                reason=r[5],
-                from_phase=Phase(r[6]) if r[6] else None,
-                from_pct=r[7],
-                to_phase=Phase(r[8]),
-                to_pct=r[9],
-                dag_id=r[10],
-                run_id=r[11],
-                evidence=r[12],
-            )
-            for r in rows
-        ]
+            return _audit.read_audit(self.connection(), group, limit=limit)
 
     def last_entered(self, group: str, phase: Phase | str) -> Any:
         """When the group last moved into ``phase`` (a datetime), or None."""
         with self._lock:
-            row = (
-                self.connection()
-                .execute(
-                    f'SELECT max(at) FROM "{SCHEMA}".routing_audit WHERE group_name = %s AND to_phase = %s',
-                    (group, Phase(phase).value),
-                )
-                .fetchone()
-            )
-        return row[0] if row else None
+            return _audit.last_entered(self.connection(), group, phase)
 
     # -- writes -----------------------------------------------------------------------------
     def register_plan(self, plan: MigrationPlan, *, actor: str = "fsmigrate") -> list[str]:
@@ -301,7 +211,7 @@ class Registry:
         reason: str,
         ramp_pct: float | None = None,
         expected_version: int | None = None,
-        dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None = None,
+        dag_run: DagRunLike = None,
         soak_passed: bool | Any | None = None,
         evidence: Mapping[str, Any] | None = None,
     ) -> RoutingState:
@@ -385,7 +295,7 @@ class Registry:
         actor: str,
         reason: str,
         expected_version: int | None = None,
-        dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None = None,
+        dag_run: DagRunLike = None,
         soak_passed: bool | Any | None = None,
         evidence: Mapping[str, Any] | None = None,
     ) -> RoutingState:
@@ -409,7 +319,7 @@ class Registry:
         *,
         reason: str,
         actor: str,
-        dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None = None,
+        dag_run: DagRunLike = None,
         evidence: Mapping[str, Any] | None = None,
     ) -> RoutingState:
         """Send every read of ``group`` back to the old store, now. Always allowed from a serving phase.
@@ -427,7 +337,7 @@ class Registry:
         *,
         reason: str,
         actor: str,
-        dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None = None,
+        dag_run: DagRunLike = None,
         evidence: Mapping[str, Any] | None = None,
     ) -> RoutingState:
         """Stop the ramp where it stands without moving traffic (for when going back is worse)."""
@@ -443,7 +353,7 @@ class Registry:
         *,
         reason: str,
         actor: str,
-        dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None,
+        dag_run: DagRunLike,
         evidence: Mapping[str, Any] | None,
     ) -> RoutingState:
         _check_who_why(group, actor, reason)
@@ -511,54 +421,10 @@ class Registry:
         soak_why: str = "",
     ) -> float:
         """Check a forward move; return the ramp percentage it leads to."""
-        group = current.group
-        allowed = LEGAL[target]
-        if current.phase not in allowed:
-            froms = ", ".join(sorted(p.value for p in allowed))
-            why = f"{target.value} can only be entered from {froms}"
-            if current.phase is Phase.ROLLED_BACK and target in (Phase.RAMPING, Phase.CUTOVER):
-                why = "the group was rolled back; traffic may only move again after a fresh shadow soak"
-            raise IllegalTransition(group, current, target.value, why)
-        if target is Phase.RAMPING:
-            if ramp_pct is None:
-                raise IllegalTransition(group, current, "ramping", "a ramp needs ramp_pct (1..99)")
-            pct = float(ramp_pct)
-            if not 0 < pct < 100:
-                why = (
-                    "ramp_pct 100 is a cutover: call ramp(group, 100) or transition to 'cutover'"
-                    if pct >= 100
-                    else f"ramp_pct must be in (0, 100), got {ramp_pct}; use rollback to send all traffic back"
-                )
-                raise IllegalTransition(group, current, "ramping", why)
-        else:
-            pct = FIXED_PCT[target]
-            if ramp_pct is not None and float(ramp_pct) != pct:
-                raise IllegalTransition(
-                    group, current, target.value, f"{target.value} means {pct:g}%, not {ramp_pct}%"
-                )
-        if (
-            current.phase is Phase.SHADOW
-            and target in (Phase.RAMPING, Phase.CUTOVER)
-            and soak_passed is not True
-        ):
-            raise IllegalTransition(
-                group,
-                current,
-                f"{target.value} at {pct:g}%",
-                "no traffic moves before the shadow soak has passed (soak_passed was "
-                f"{soak_passed!r}{': ' + soak_why if soak_why else ''}); pass the group's "
-                "`compare.results` SoakStatus (or soak_passed=True) once it is satisfied",
-            )
-        if pct > current.ramp_pct and self.plan is not None and group in self.plan.groups:
-            steps = self.plan.settings_for(group).ramp_steps
-            nxt = next((s for s in steps if s > current.ramp_pct), 100)
-            if pct > nxt:
-                raise IllegalTransition(
-                    group,
-                    current,
-                    f"{target.value} at {pct:g}%",
-                    f"it skips the {nxt}% step of the plan's ramp_steps {list(steps)}; ramp to {nxt}% and bake first",
-                )
+        steps = None
+        if self.plan is not None and current.group in self.plan.groups:
+            steps = self.plan.settings_for(current.group).ramp_steps
+        pct = check_forward(current, target, ramp_pct, soak_passed, ramp_steps=steps, soak_why=soak_why)
         if target is Phase.READY_TO_DECOMMISSION:
             evidence["warm_window"] = self._check_warm_window(current)
         return pct
@@ -590,36 +456,13 @@ class Registry:
         *,
         actor: str,
         reason: str,
-        dag_run: DagRunRef | tuple[str, str] | Mapping[str, Any] | None,
+        dag_run: DagRunLike,
         evidence: Mapping[str, Any] | None = None,
     ) -> None:
-        dag_id, run_id = _dag_run(dag_run)
-        conn.execute(
-            f'INSERT INTO "{SCHEMA}".routing_audit (group_name, version, at, actor, reason, from_phase, from_pct,'
-            " to_phase, to_pct, dag_id, run_id, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                state.group,
-                state.version,
-                state.updated_at,
-                actor,
-                reason,
-                before.phase.value if before else None,
-                before.ramp_pct if before else None,
-                state.phase.value,
-                state.ramp_pct,
-                dag_id,
-                run_id,
-                json.dumps(dict(evidence), default=str) if evidence else None,
-            ),
+        _audit.insert_audit(
+            conn, state, before, actor=actor, reason=reason, dag_run=dag_run, evidence=evidence
         )
 
     def _publish(self, state: RoutingState) -> None:
         if self.mirror is not None:
             self.mirror.publish(state)
-
-
-def _check_who_why(group: str, actor: str, reason: str) -> None:
-    if not actor or not str(actor).strip():
-        raise ValueError(f"group '{group}': a routing change needs an actor (who is making it)")
-    if not reason or not str(reason).strip():
-        raise ValueError(f"group '{group}': a routing change needs a reason (it goes into the audit log)")

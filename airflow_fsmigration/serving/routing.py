@@ -1,32 +1,36 @@
 """The Redis mirror of the registry's routing state, as serving reads it.
 
-Contract with the registry: ``fsmig:routing:{group}`` holds JSON
-``{"group", "phase", "ramp_pct", "active_backend", "version", "updated_at"}``; after every
-committed change the registry SETs it and PUBLISHes the same JSON on ``fsmig:routing``.
+The wire format (key, channel, canonical JSON and what is unreadable) is
+:mod:`airflow_fsmigration.routing_wire`, the one module the registry and serving share.
 A missing or unreadable key (or Redis down) means the old store at 0%: the safe side.
 ``rolled_back`` serves 0% new whatever ``ramp_pct`` says; ``frozen`` keeps its ``ramp_pct``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_fsmigration.routing_wire import CHANNEL as ROUTING_CHANNEL
+from airflow_fsmigration.routing_wire import decode_doc, encode_doc, routing_key
 from airflow_fsmigration.serving.bucketing import threshold_for
+
+__all__ = [
+    "BREAKER_CHANNEL",
+    "ROUTING_CHANNEL",
+    "ZERO_PHASES",
+    "RouteState",
+    "parse_state",
+    "publish_state",
+    "routing_key",
+]
 
 log = logging.getLogger("airflow_fsmigration.serving")
 
-ROUTING_KEY = "fsmig:routing:{group}"
-ROUTING_CHANNEL = "fsmig:routing"
 BREAKER_CHANNEL = "fsmig:breaker"
 ZERO_PHASES = frozenset({"rolled_back"})
-
-
-def routing_key(group: str) -> str:
-    return ROUTING_KEY.format(group=group)
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,13 @@ class RouteState:
         return threshold_for(min(max(float(self.ramp_pct), 0.0), 100.0))
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "group": self.group,
-                "phase": self.phase,
-                "ramp_pct": self.ramp_pct,
-                "active_backend": self.active_backend,
-                "version": self.version,
-                "updated_at": self.updated_at,
-            }
+        return encode_doc(
+            group=self.group,
+            phase=self.phase,
+            ramp_pct=self.ramp_pct,
+            active_backend=self.active_backend,
+            version=self.version,
+            updated_at=self.updated_at,
         )
 
 
@@ -64,25 +66,20 @@ def parse_state(raw: Any, group: str | None = None) -> RouteState | None:
     """Parse a mirrored state; ``None`` (meaning: old store) when absent or malformed."""
     if raw is None:
         return None
-    try:
-        data = json.loads(raw)
-        state = RouteState(
-            group=str(data["group"]),
-            phase=str(data["phase"]),
-            ramp_pct=float(data["ramp_pct"]),
-            active_backend=str(data.get("active_backend") or "old"),
-            version=int(data.get("version") or 0),
-            updated_at=data.get("updated_at"),
-        )
-        state.threshold  # noqa: B018 - validates the percentage
-    except (ValueError, TypeError, KeyError) as exc:
+    doc, why = decode_doc(raw)
+    if doc is None:
         log.warning(
-            "routing state for group %s is unreadable (%s: %s); serving from the old store",
-            group or "?",
-            type(exc).__name__,
-            exc,
+            "routing state for group %s is unreadable (%s); serving from the old store", group or "?", why
         )
         return None
+    state = RouteState(
+        group=doc["group"],
+        phase=doc["phase"],
+        ramp_pct=float(doc["ramp_pct"]),
+        active_backend=doc["active_backend"],
+        version=doc["version"],
+        updated_at=doc["updated_at"],
+    )
     if group is not None and state.group != group:
         log.warning(
             "routing key of group %s holds state of group %s; serving from the old store", group, state.group
