@@ -1,6 +1,6 @@
 """Feast's Redis online store: our direct reader against ``get_online_features`` on the same keys.
 
-Builds the demo Feast repo (``airflow_fsmigration.feast_import``) on embedded Postgres and Redis
+Builds the demo Feast repo (``fsmig_dev.feast_demo``) on embedded Postgres and Redis
 (or ``--pg-url`` / ``--redis-url``), materializes ``--entities`` drivers with Feast, then measures
 in the same run:
 
@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from airflow_fsmigration import feast_import as fi
     from airflow_fsmigration.stores.feast_online import FeastRedisOnlineSource
+    from fsmig_dev import feast_demo as fd
     from fsmig_dev.devservices import start_postgres, start_redis
 
     started = datetime.now(UTC)
-    python = fi.ensure_feast_venv()
+    python = fd.ensure_feast_venv()
     pg = None if args.pg_url else start_postgres()
     rd = None if args.redis_url else start_redis()
     try:
@@ -101,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
 
         redis.Redis.from_url(redis_url).flushdb()
         workdir = Path(tempfile.mkdtemp(prefix="fsmig_bench_feast_"))
-        repo_path = fi.write_demo_repo(workdir, pg_url, redis_url)
+        repo_path = fd.write_demo_repo(workdir, pg_url, redis_url)
         now = datetime.now(UTC).replace(microsecond=0)
         t = time.perf_counter()
-        counts = fi.load_demo_data(pg_url, drivers=args.entities, customers=100, now=now)
+        counts = fd.load_demo_data(pg_url, drivers=args.entities, customers=100, now=now)
         load_s = time.perf_counter() - t
         t = time.perf_counter()
-        fi.apply_and_materialize(repo_path, now - timedelta(days=30), now, python=python)
+        fd.apply_and_materialize(repo_path, now - timedelta(days=30), now, python=python)
         materialize_s = time.perf_counter() - t
         print(
             f"loaded {counts['driver_rows']} rows in {load_s:.1f} s; Feast materialized in {materialize_s:.1f} s"

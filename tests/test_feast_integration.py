@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from airflow_fsmigration import feast_draft as fdr
 from airflow_fsmigration import feast_import as fi
+from fsmig_dev import feast_demo as fd
 
 pytestmark = pytest.mark.integration
 
@@ -133,15 +135,15 @@ def _spine(now: datetime) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def feast_world(postgres, redis_server, tmp_path_factory):
     """A materialized Feast repo on the test servers, and Feast's own answers about it."""
-    python = fi.ensure_feast_venv()
+    python = fd.ensure_feast_venv()
     pg_url = postgres.create_database(f"feast_{datetime.now(UTC):%H%M%S%f}", drop=True)
     redis_url = redis_server.url
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
     now = datetime.now(UTC).replace(microsecond=0)
-    repo_path = fi.write_demo_repo(tmp_path_factory.mktemp("feast_repo"), pg_url, redis_url)
-    counts = fi.load_demo_data(pg_url, drivers=DRIVERS, customers=CUSTOMERS, now=now)
+    repo_path = fd.write_demo_repo(tmp_path_factory.mktemp("feast_repo"), pg_url, redis_url)
+    counts = fd.load_demo_data(pg_url, drivers=DRIVERS, customers=CUSTOMERS, now=now)
     spine = _spine(now)
     payload = {
         "repo": str(repo_path),
@@ -207,7 +209,7 @@ def _plain(value):
 
 def test_repo_dump_matches_the_definitions(feast_world):
     repo = feast_world["repo"]
-    assert repo.project == fi.DEMO_PROJECT
+    assert repo.project == fd.DEMO_PROJECT
     driver = repo.views["driver_hourly_stats"]
     assert [(k.name, k.value_type) for k in driver.join_keys] == [("driver_id", "INT64")]
     assert [(f.name, f.value_type) for f in driver.features] == [
@@ -436,5 +438,5 @@ def _fill_draft(plan_path: Path) -> None:
     plan_path.write_text(text)
     for sql_file in (plan_path.parent / "sql").glob("*.sql"):
         lines = sql_file.read_text().splitlines()
-        start = lines.index(fi.SUGGESTION_MARKER) + 1
+        start = lines.index(fdr.SUGGESTION_MARKER) + 1
         sql_file.write_text("\n".join(line.removeprefix("-- ") for line in lines[start:]) + "\n")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
+from airflow_fsmigration import feast_draft as fdr
 from airflow_fsmigration import feast_import as fi
 from airflow_fsmigration.stores import feast_online as fo
 
@@ -249,7 +250,7 @@ def test_draft_fails_validation_on_each_marker_then_validates_when_filled(tmp_pa
     from airflow_fsmigration.plan import PlanError, load_plan
 
     repo = fi.FeastRepo.from_dict(REPO_DUMP)
-    draft = fi.draft_plan(repo, tmp_path / "plan.yaml")
+    draft = fdr.draft_plan(repo, tmp_path / "plan.yaml")
     assert [p.name for p in draft.sql_paths] == ["driver_stats.sql"]
     assert draft.todos == [
         "sql/driver_stats.sql: write the SELECT for group 'driver_stats'",
@@ -275,7 +276,7 @@ def test_draft_fails_validation_on_each_marker_then_validates_when_filled(tmp_pa
     with pytest.raises(PlanError, match=r"driver_stats\.sql is still a draft stub"):
         load_plan(tmp_path / "plan.yaml")
     sql = (tmp_path / "sql" / "driver_stats.sql").read_text().splitlines()
-    suggestion = sql[sql.index(fi.SUGGESTION_MARKER) + 1 :]
+    suggestion = sql[sql.index(fdr.SUGGESTION_MARKER) + 1 :]
     assert "--   trips_total AS trips," in suggestion  # field_mapping: the source column behind the feature
     assert "--   AND ts >= :as_of - interval '7200 seconds'  -- Feast TTL 2h" in suggestion
     (tmp_path / "sql" / "driver_stats.sql").write_text("\n".join(s.removeprefix("-- ") for s in suggestion))

@@ -34,7 +34,8 @@ def register(sub: Any) -> None:
 
 def cmd_import_feast(args: argparse.Namespace) -> int:
     from airflow_fsmigration.cli import EXIT_BAD_INPUT
-    from airflow_fsmigration.feast_import import FeastRepo, FeastUnavailable, draft_plan, dump_feast_repo
+    from airflow_fsmigration.feast_draft import draft_plan
+    from airflow_fsmigration.feast_import import FeastRepo, FeastUnavailable, dump_feast_repo
 
     if args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
