@@ -199,6 +199,26 @@ def test_lagging_values_within_staleness_are_not_mismatches():
 
 
 @pytest.mark.unit
+def test_lag_excuses_only_deltas_consistent_with_the_lag():
+    """A lifetime count can only be behind on the older side (was: any delta in the SLA was "lag")."""
+    g = make_group([{"name": "event_count", "dtype": "int64"}, {"name": "avg_amount", "dtype": "float64"}])
+    later = T0 + timedelta(minutes=2)
+    old = frame(
+        g, entity_id=list("abc"), event_count=[3, 9, 4], avg_amount=[1.0, 1.0, 1.0], _source_ts=[T0] * 3
+    )
+    new = frame(
+        g, entity_id=list("abc"), event_count=[5, 2, None], avg_amount=[2.0, 0.5, 1.0], _source_ts=[later] * 3
+    )
+    r = compare_tables(g, old, new)
+    cnt = r.features["event_count"]
+    # a: old (older) 3 < new 5 -> lag; b: older side ahead (9 > 2) -> defect; c: newer side lost it -> defect
+    assert (cnt.lagging, cnt.mismatched) == (1, 2)
+    assert kinds(r, "event_count") == {"streaming_lag": 1, "lag_wrong_direction": 2}
+    # an average moves both ways, so both deltas within the SLA stay lag
+    assert r.features["avg_amount"].lagging == 2
+
+
+@pytest.mark.unit
 def test_chunked_accumulation_equals_one_shot_and_stays_bounded():
     g = make_group([{"name": "x", "dtype": "float64"}, {"name": "k", "dtype": "int64"}])
     rng = np.random.default_rng(7)
@@ -284,9 +304,35 @@ def test_noise_floor_excuses_churn_but_not_real_defects():
     r = compare_tables(g, read1, new, noise=floor, threshold=0.99)
     assert r.features["hot"].noise and not r.features["cold"].noise
     assert kinds(r, "hot") == {"noise": 40}
+    assert r.features["hot"].noise_excused == 40 and r.features["hot"].mismatch_rate == 0.04
     assert r.features["hot"].match_rate == 1.0
     assert r.features["cold"].match_rate == pytest.approx(0.997)
     assert r.verdict is Verdict.PASS
+
+
+@pytest.mark.unit
+def test_noise_floor_subtracts_churn_and_keeps_the_raw_rate():
+    """A feature churning 1% that mismatches 1.2% keeps 0.2% real mismatches (was: forgiven, 100%)."""
+    g = make_group([{"name": "hot", "dtype": "int64"}])
+    ids = [f"e{i}" for i in range(1000)]
+    base = np.arange(1000)
+    churned = base.copy()
+    churned[:10] += 1
+    floor = noise_from_reads(g, frame(g, entity_id=ids, hot=base), frame(g, entity_id=ids, hot=churned))
+    assert floor.churn == {"hot": 0.01}
+    new = base.copy()
+    new[rng_positions(12)] += np.arange(1, 13) * 7  # no pattern: nothing but churn can excuse them
+    r = compare_tables(g, frame(g, entity_id=ids, hot=base), frame(g, entity_id=ids, hot=new), noise=floor)
+    hot = r.features["hot"]
+    assert hot.mismatched == 12 and hot.mismatch_rate == pytest.approx(0.012)
+    assert hot.noise_excused == 10 and hot.adjusted_mismatch_rate == pytest.approx(0.002)
+    assert hot.match_rate == pytest.approx(0.998)
+    assert kinds(r, "hot") == {"noise": 10, "unexplained": 2}
+    assert sum(e.rows for e in r.explanations if e.feature == "hot") == hot.mismatched
+
+
+def rng_positions(n: int) -> np.ndarray:
+    return np.random.default_rng(7).choice(1000, size=n, replace=False)
 
 
 @pytest.mark.unit

@@ -3,19 +3,20 @@
 Runs only on what the engine keeps per feature (category counts, bounded parameter counters
 and samples), never on the data itself, so it costs the same for 1k or 10M entities. The
 engine has already put every mismatching value in exactly one category, so the rows of the
-explanations of one feature never overlap and always add up to its mismatches.
+explanations of one feature never overlap and always add up to its mismatches. The old store's
+expected churn (the noise floor) is subtracted from a feature's rate, never forgives the whole
+feature; as an explanation it covers all the mismatches when the churn accounts for every one
+of them, and otherwise only those that no pattern explains.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.compare.engine import Category
+from airflow_fsmigration.compare.model import Category, Explanation, FeatureStats, Kind
 
 if TYPE_CHECKING:
-    from airflow_fsmigration.compare.engine import ComparisonResult, FeatureStats
+    from airflow_fsmigration.compare.result import ComparisonResult
 
 # A parameter value (an offset, a ratio) is systematic when it covers this share of its category.
 MIN_SHARE = 0.05
@@ -23,62 +24,6 @@ MIN_SHARE = 0.05
 OFFSET_MIN_ROWS, OFFSET_MIN_SHARE = 3, 0.2
 # "new > old" on counts and sums suggests duplicates when this one-sided.
 INFLATION_MIN_ROWS, INFLATION_MIN_SHARE = 3, 0.9
-
-
-class Kind(StrEnum):
-    MISSING_IN_NEW = "missing_in_new"
-    MISSING_IN_OLD = "missing_in_old"
-    NULL_VS_ZERO = "null_vs_zero"
-    NULL_VS_VALUE = "null_vs_value"
-    TIMEZONE_SHIFT = "timezone_shift"
-    CONSTANT_OFFSET = "constant_offset"
-    SCALE_FACTOR = "scale_factor"
-    OFF_BY_ONE = "off_by_one"
-    DUPLICATE_INFLATION = "duplicate_inflation"
-    PRECISION = "precision"
-    STRING_FORMAT = "string_format"
-    LAGGING = "streaming_lag"
-    NOISE = "noise"
-    UNEXPLAINED = "unexplained"
-
-
-@dataclass
-class Explanation:
-    """One systematic pattern: which feature, how many rows, what share, why we think so, what to do."""
-
-    kind: Kind
-    feature: str | None
-    rows: int
-    share: float
-    evidence: str
-    fix: str
-    samples: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": str(self.kind),
-            "feature": self.feature,
-            "rows": self.rows,
-            "share": self.share,
-            "evidence": self.evidence,
-            "fix": self.fix,
-            "samples": list(self.samples),
-            "params": dict(self.params),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Explanation:
-        return cls(
-            kind=Kind(data["kind"]),
-            feature=data.get("feature"),
-            rows=int(data["rows"]),
-            share=float(data["share"]),
-            evidence=data.get("evidence", ""),
-            fix=data.get("fix", ""),
-            samples=list(data.get("samples", [])),
-            params=dict(data.get("params", {})),
-        )
 
 
 def _fmt_num(x: float) -> str:
@@ -131,6 +76,21 @@ def explain(result: ComparisonResult) -> list[Explanation]:
                     samples=list(samples[:5]),
                 )
             )
+    dup = result.duplicates_old + result.duplicates_new
+    if dup:
+        out.append(
+            Explanation(
+                kind=Kind.DUPLICATE_IDS,
+                feature=None,
+                rows=dup,
+                share=min(1.0, dup * n_features / all_mismatches),
+                evidence=f"{result.duplicates_old} entity ids came back more than once from the old store and "
+                f"{result.duplicates_new} from the new store; their rows were left out of the comparison",
+                fix="the new definition must return one row per entity (GROUP BY the entity key, or DISTINCT ON "
+                "it); a duplicated old-store id means two keys map to one entity",
+                samples=list((result.duplicates_old_samples + result.duplicates_new_samples)[:5]),
+            )
+        )
     for stats in result.features.values():
         out.extend(explain_feature(stats))
     return out
@@ -180,15 +140,42 @@ def explain_feature(f: FeatureStats) -> list[Explanation]:
         )
 
     explained = 0
-    if f.noise:
+    n = rows_of(Category.UNDECODABLE)
+    if n:
+        add(
+            Kind.UNDECODABLE,
+            n,
+            f"{n} of {total} old-store values of {f.name} could not be decoded as {f.dtype}"
+            + (f" ({f.old_encoding})" if f.old_encoding else ""),
+            f"check the dtype and old_encoding of {f.name} in the plan against what the old writer stores "
+            "(sample keys below); an unreadable value never counts as a match",
+            samples_of(Category.UNDECODABLE),
+        )
+        explained += n
+    n = rows_of(Category.LAG_WRONG_WAY)
+    if n:
+        add(
+            Kind.LAG_WRONG_WAY,
+            n,
+            f"{n} of {total} mismatches have source times within the staleness SLA, but the side with the "
+            f"older source time is ahead (or holds a value the newer side lost): {f.name} only grows, so "
+            "this is not lag",
+            f"treat as a real defect of {f.name}: look for lost or double-counted events on the newer side",
+            samples_of(Category.LAG_WRONG_WAY),
+        )
+        explained += n
+
+    excusable = total - explained
+    if f.noise_excused and f.noise_excused >= excusable:  # the churn accounts for every other mismatch
         add(
             Kind.NOISE,
-            total,
+            excusable,
             f"mismatch rate {f.mismatch_rate:.4%} is within the old store's own churn between two reads "
-            f"({(f.churn or 0):.4%})",
+            f"({(f.churn or 0):.4%}): subtracted, adjusted rate {(f.adjusted_mismatch_rate or 0):.4%}",
             "no action: the feature changes this much between reads; compare at a fixed as-of time to tighten",
             samples_of(*Category),
             churn=f.churn,
+            excused=f.noise_excused,
         )
         return out
 
@@ -367,6 +354,20 @@ def explain_feature(f: FeatureStats) -> list[Explanation]:
         explained += f.positive
         other -= f.positive
     rest = total - explained
+    noise_rows = min(f.noise_excused, max(0, rest))
+    if noise_rows:  # churn can excuse only what no pattern explains: the rows still add up to the mismatches
+        add(
+            Kind.NOISE,
+            noise_rows,
+            f"{f.noise_excused} of {total} mismatches are within the old store's own churn between two reads "
+            f"({(f.churn or 0):.4%} of values) and are subtracted from the rate: raw {f.mismatch_rate:.4%}, "
+            f"adjusted {(f.adjusted_mismatch_rate or 0):.4%}",
+            "no action for the churn itself (compare at a fixed as-of time to tighten); the rest are real",
+            samples_of(Category.OTHER),
+            churn=f.churn,
+            excused=f.noise_excused,
+        )
+        rest -= noise_rows
     if rest > 0:
         add(
             Kind.UNEXPLAINED,

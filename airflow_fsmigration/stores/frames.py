@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 ENTITY = "entity_id"
 SOURCE_TS = "_source_ts"
+#: Prefix of the optional boolean column ``_undecodable.<feature>``: true where the old store held
+#: a value the reader could not decode (the value itself is then null).
+UNDECODABLE_PREFIX = "_undecodable."
 
 
 def arrow_type(dtype: str) -> pa.DataType:
