@@ -216,11 +216,21 @@ def test_no_history_in_the_online_store(redis_url):
     assert isinstance(info.value, NotImplementedError)
 
 
-def test_bad_value_names_group_and_feature(redis_url, redis_client):
-    redis_client.hset("fs:g:u1", mapping={"n": "forty-two"})
+def test_bad_value_is_flagged_undecodable_not_fatal(redis_url, redis_client, caplog):
+    """One undecodable value is a null plus a flag; the rest of the batch (and "42.0") still reads."""
+    redis_client.hset("fs:g:u1", mapping={"n": "forty-two", "flag": "t"})
+    redis_client.hset("fs:g:u2", mapping={"n": "42.0", "flag": "F"})
+    redis_client.hset("fs:g:u3", mapping={"n": "9007199254740993", "flag": "maybe"})
     source = RedisOnlineSource(redis_url, None, "fsmig_legacy_redis")
-    with pytest.raises(ValueError, match=r"group 'g', feature 'n'.*string-encoded int64"):
-        source.read(make_group("string"), ["u1"])
+    with caplog.at_level("WARNING", logger="airflow_fsmigration.stores"):
+        table = source.read(make_group("string"), ["u1", "u2", "u3"])
+    rows = {r["entity_id"]: r for r in table.to_pylist()}
+    assert [rows[e]["n"] for e in ("u1", "u2", "u3")] == [None, 42, 9007199254740993]
+    assert [rows[e]["_undecodable.n"] for e in ("u1", "u2", "u3")] == [True, False, False]
+    assert [rows[e]["flag"] for e in ("u1", "u2", "u3")] == [True, False, None]
+    assert [rows[e]["_undecodable.flag"] for e in ("u1", "u2", "u3")] == [False, False, True]
+    assert "_undecodable.label" not in table.column_names
+    assert "group 'g', feature 'n': 1 value(s)" in caplog.text and "forty-two" in caplog.text
 
 
 def test_wrong_key_type_is_a_clear_error(redis_url, redis_client):

@@ -1,50 +1,46 @@
 """The legacy online store: Redis, one hash per entity, read fast enough for 1M-entity compares.
 
-Layout (what the demo generator writes, and what most home-grown feature stores look like):
+Three rooms: :mod:`.redis_conn` speaks RESP (pipelined raw sockets, payloads built with Arrow
+kernels), :mod:`.redis_codec` knows what keys, fields and values mean (the layout, value
+decoding per :mod:`airflow_fsmigration.semantics`), and this module is the reader a comparison
+uses: which entities to read or scan, existence checks, writing demo data. The layout is a
+:class:`RedisLayout`, so Feast's layout (hashed field names, protobuf values) plugs in as another
+layout without touching the pipelining.
 
-- one Redis **hash per entity** at ``group.legacy_online.key_template.format(entity=<id>)``,
-  e.g. ``fs:user_txn_stats:u42``; a key that does not exist means the entity is absent;
-- one **field per feature**, named like the feature; a null value is an absent field;
-- ``legacy_online.timestamp_field`` (e.g. ``_ts``), when set, holds the source event time as
-  epoch seconds in decimal (``"1732500000.25"``; ISO-8601 with an offset is accepted too). It
-  becomes ``_source_ts``;
-- values per ``legacy_online.encoding``:
-
-  ========= =========================================== ==========================================
-  dtype     ``string``                                  ``json`` (each field one JSON scalar)
-  ========= =========================================== ==========================================
-  int64     ``42``                                      ``42``
-  float64   ``repr(x)``: ``3.14``, ``nan``, ``inf``     ``3.14``
-  bool      ``true`` / ``false`` (also ``1`` / ``0``)   ``true`` / ``false``
-  string    the raw text                                ``"text"`` (JSON string, escapes allowed)
-  timestamp ISO-8601 with offset                        ``"2026-11-25T01:02:03.000004+00:00"``
-  null      absent field                                absent field or ``null``
-  ========= =========================================== ==========================================
-
-Speed: redis-py spends most of its time building Python objects per reply. This reader builds
-the pipelined ``HMGET`` commands for a whole batch with Arrow string kernels, sends them from a
-writer thread while the main thread receives, and parses the replies with ``hiredis.Reader``
-into one Arrow list array per batch; numbers, booleans and timestamps are then parsed column
-by column with Arrow casts, never value by value in Python.
-
-The key, field and value handling is a :class:`RedisLayout`, so Feast's layout (hashed field
-names, protobuf values) plugs in as another layout without touching the pipelining.
+A value the reader cannot decode does not abort the read: it is a null with a true flag in the
+frame's ``_undecodable.<feature>`` column, and the comparison counts it as its own mismatch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import socket
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.connections import StoreUnavailable
 from airflow_fsmigration.stores.base import DEFAULT_CHUNK, HistoryUnavailable, Progress, rechunk
-from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, arrow_type, conform, empty_frame
+from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, UNDECODABLE_PREFIX, conform, empty_frame
+from airflow_fsmigration.stores.redis_codec import (
+    HashPerEntityLayout,
+    RedisLayout,
+    decode_column,
+    encode_epoch,
+    encode_value_column,
+)
+from airflow_fsmigration.stores.redis_conn import (
+    PARSE_AT,
+    _columns_from_replies,
+    _data_view,
+    _hmget_payload,
+    _hset_payload,
+    _is_reply_error,
+    _LazyRaw,
+    _Raw,
+    _resp_bulk,
+    _Writer,
+)
 from airflow_fsmigration.stores.sharding import filter_shard
 
 if TYPE_CHECKING:
@@ -52,590 +48,48 @@ if TYPE_CHECKING:
 
     from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
 
+__all__ = [
+    "BATCH",
+    "PARSE_AT",
+    "HashPerEntityLayout",
+    "RedisLayout",
+    "RedisOnlineSource",
+    "_LazyRaw",
+    "_Raw",
+    "_Writer",
+    "_columns_from_replies",
+    "_data_view",
+    "_hmget_payload",
+    "_hset_payload",
+    "_resp_bulk",
+    "decode_column",
+    "encode_epoch",
+    "encode_value_column",
+]
+
 log = logging.getLogger("airflow_fsmigration.stores")
 
 BATCH = 20_000  # entities per pipelined batch: bounds memory, keeps both ends busy
-PARSE_AT = 8 << 20  # parse received replies in slices of about this many bytes
-_PONG = b"+PONG\r\n"
-_SENTINEL = "\x00"
 
 
-class RedisLayout(Protocol):
-    """How a group's entities map to Redis keys, fields and values."""
-
-    def keys(self, group: FeatureGroup, ids: pa.Array) -> pa.Array:
-        """The Redis key of each entity id (vectorised; returns a binary array)."""
-        ...
-
-    def fields(self, group: FeatureGroup) -> list[bytes]:
-        """The hash fields to HMGET, in order: one per feature, then the timestamp field if any."""
-        ...
-
-    def match_pattern(self, group: FeatureGroup) -> str:
-        """A SCAN MATCH glob that selects this group's keys."""
-        ...
-
-    def ids_from_keys(self, group: FeatureGroup, keys: list[bytes]) -> list[str]:
-        """Entity ids from scanned keys (keys that do not belong to the group are dropped)."""
-        ...
-
-    def decode(self, group: FeatureGroup, ids: pa.Array, columns: list[pa.Array]) -> pa.Table:
-        """The frame of present entities from raw binary columns aligned with :meth:`fields`."""
-        ...
-
-    def encode(self, group: FeatureGroup, table: pa.Table) -> list[pa.Array]:
-        """The inverse of :meth:`decode`: one text column per field (null = absent field)."""
-        ...
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-class HashPerEntityLayout:
-    """The legacy layout described in the module docstring (``string`` or ``json`` values)."""
-
-    def _affixes(self, group: FeatureGroup) -> tuple[str, str]:
-        template = group.legacy_online.key_template
-        try:
-            marked = template.format(entity=_SENTINEL)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"group '{group.name}': key_template {template!r} must contain only the '{{entity}}' "
-                f"placeholder ({exc})"
-            ) from None
-        prefix, _, suffix = marked.partition(_SENTINEL)
-        return prefix, suffix
-
-    def keys(self, group: FeatureGroup, ids: pa.Array) -> pa.Array:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        prefix, suffix = self._affixes(group)
-        return pc.binary_join_element_wise(prefix, ids.cast(pa.string()), suffix, "").cast(pa.binary())
-
-    def fields(self, group: FeatureGroup) -> list[bytes]:
-        names = [f.name.encode() for f in group.features]
-        if group.legacy_online.timestamp_field:
-            names.append(group.legacy_online.timestamp_field.encode())
-        return names
-
-    def match_pattern(self, group: FeatureGroup) -> str:
-        prefix, suffix = self._affixes(group)
-        return f"{_glob_escape(prefix)}*{_glob_escape(suffix)}"
-
-    def ids_from_keys(self, group: FeatureGroup, keys: list[bytes]) -> list[str]:
-        prefix, suffix = (a.encode() for a in self._affixes(group))
-        end = -len(suffix) if suffix else None
-        return [
-            k[len(prefix) : end].decode()
-            for k in keys
-            if k.startswith(prefix) and k.endswith(suffix) and len(k) >= len(prefix) + len(suffix)
-        ]
-
-    def decode(self, group: FeatureGroup, ids: pa.Array, columns: list[pa.Array]) -> pa.Table:
-        import pyarrow as pa
-
-        json_values = group.legacy_online.encoding == "json"
-        arrays: list[pa.Array] = [ids.cast(pa.string())]
-        names = [ENTITY]
-        for feature, raw in zip(group.features, columns, strict=False):
-            try:
-                arrays.append(
-                    _decode_json(raw, str(feature.dtype))
-                    if json_values
-                    else _decode_string(raw, str(feature.dtype))
-                )
-            except (pa.ArrowInvalid, ValueError) as exc:
-                raise ValueError(
-                    f"group '{group.name}', feature '{feature.name}': Redis values are not "
-                    f"{group.legacy_online.encoding}-encoded {feature.dtype}: {exc}"
-                ) from None
-            names.append(feature.name)
-        if group.legacy_online.timestamp_field:
-            raw = columns[len(group.features)]
-            try:
-                arrays.append(_decode_epoch(_unquote(raw) if json_values else raw.cast(pa.string())))
-            except (pa.ArrowInvalid, ValueError) as exc:
-                raise ValueError(
-                    f"group '{group.name}': timestamp field '{group.legacy_online.timestamp_field}' "
-                    f"is not epoch seconds or ISO-8601: {exc}"
-                ) from None
-        else:
-            arrays.append(pa.nulls(len(ids), arrow_type("timestamp")))
-        names.append(SOURCE_TS)
-        return pa.Table.from_arrays(arrays, names=names)
-
-    def encode(self, group: FeatureGroup, table: pa.Table) -> list[pa.Array]:
-        encoding = str(group.legacy_online.encoding)
-        columns = [encode_value_column(table.column(f.name), str(f.dtype), encoding) for f in group.features]
-        if group.legacy_online.timestamp_field:
-            columns.append(encode_epoch(table.column(SOURCE_TS)))
-        return columns
-
-
-_TRUE = ["true", "1", "True", "TRUE"]
-_FALSE = ["false", "0", "False", "FALSE"]
-
-
-def _decode_bool(text: pa.Array) -> pa.Array:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    is_true = pc.is_in(text, value_set=pa.array(_TRUE))
-    is_false = pc.is_in(text, value_set=pa.array(_FALSE))
-    bad = pc.and_(pc.is_valid(text), pc.invert(pc.or_(is_true, is_false)))
-    if pc.any(bad).as_py():
-        sample = pc.filter(text, bad)[0].as_py()
-        raise ValueError(f"{pc.sum(bad).as_py()} value(s) are not true/false/1/0, e.g. {sample!r}")
-    return pc.if_else(pc.is_valid(text), is_true, pa.scalar(None, pa.bool_()))
-
-
-def _to_int(text: pa.Array) -> pa.Array:
-    """int64 from decimal text; integral floats such as ``42.0`` are accepted too."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        return pc.cast(text, pa.int64())
-    except pa.ArrowInvalid:
-        as_float = pc.cast(text, pa.float64())
-        return pc.cast(as_float, pa.int64())  # safe cast: raises on a fractional value
-
-
-def _parse_text(text: pa.Array, dtype: str) -> pa.Array:
-    """Typed values from their text form (the same after either encoding's unwrapping)."""
+def _with_flags(tables: list[pa.Table], g: FeatureGroup) -> pa.Table:
+    """Batches conformed to the group's frame, plus every ``_undecodable.*`` column any batch had."""
     import pyarrow as pa
 
-    if dtype == "string":
-        return text
-    if dtype == "int64":
-        return _to_int(text)
-    if dtype == "float64":
-        return text.cast(pa.float64())
-    if dtype == "bool":
-        return _decode_bool(text)
-    if dtype == "timestamp":
-        return text.cast(arrow_type("timestamp"))
-    raise ValueError(f"unknown dtype {dtype!r}")
-
-
-def _decode_string(raw: pa.Array, dtype: str) -> pa.Array:
-    import pyarrow as pa
-
-    return _parse_text(raw.cast(pa.string()), dtype)
-
-
-def _unquote(raw: pa.Array) -> pa.Array:
-    """JSON scalars as text: ``null`` becomes a null, a JSON string loses its quotes and escapes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    text = raw.cast(pa.string())
-    text = pc.if_else(pc.equal(text, "null"), pa.scalar(None, pa.string()), text)
-    quoted = pc.and_(pc.starts_with(text, '"'), pc.ends_with(text, '"'))
-    if not pc.any(quoted).as_py():
-        return text
-    escaped = pc.and_(quoted, pc.match_substring(text, "\\"))
-    stripped = pc.utf8_slice_codeunits(text, 1, -1)
-    out = pc.if_else(quoted, stripped, text)
-    if pc.any(escaped).as_py():
-        # Escapes are rare; only those values go through the JSON parser.
-        values = out.to_pylist()
-        for i in pc.indices_nonzero(escaped).to_pylist():
-            values[i] = json.loads(text[i].as_py())
-        out = pa.array(values, type=pa.string())
+    flags = sorted({n for t in tables for n in t.column_names if n.startswith(UNDECODABLE_PREFIX)})
+    if not flags:
+        return conform(pa.concat_tables(tables), g)
+    parts = []
+    for t in tables:
+        for name in flags:
+            if name not in t.column_names:
+                t = t.append_column(name, pa.array([False] * t.num_rows, type=pa.bool_()))
+        parts.append(t.select([*[c for c in t.column_names if c not in flags], *flags]))
+    whole = pa.concat_tables(parts)
+    out = conform(whole.drop_columns(flags), g)
+    for name in flags:
+        out = out.append_column(name, whole.column(name))
     return out
-
-
-def _decode_json(raw: pa.Array, dtype: str) -> pa.Array:
-    return _parse_text(_unquote(raw), dtype)
-
-
-def _decode_epoch(text: pa.Array) -> pa.Array:
-    """``_source_ts`` from epoch seconds in decimal text, or from ISO-8601 with an offset (mixed is fine)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    ts_type = arrow_type("timestamp")
-    numeric = pc.fill_null(
-        pc.match_substring_regex(text, r"^\s*-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?\s*$"), True
-    )
-    seconds = pc.cast(pc.if_else(numeric, text, pa.scalar(None, pa.string())), pa.float64())
-    epoch = pc.cast(pc.round(pc.multiply(seconds, 1_000_000.0)), pa.int64()).cast(ts_type)
-    if pc.all(numeric).as_py():
-        return epoch
-    iso = pc.if_else(numeric, pa.scalar(None, pa.string()), text).cast(ts_type)
-    return pc.if_else(numeric, epoch, iso)
-
-
-def _resp_bulk(values: pa.Array) -> pa.Array:
-    """``$<len>\r\n<value>\r\n`` per value (null stays null), built with Arrow kernels."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    values = values.cast(pa.binary())
-    lengths = pc.binary_length(values).cast(pa.string()).cast(pa.binary())
-    return pc.binary_join_element_wise(b"$", lengths, b"\r\n", values, b"\r\n", b"")
-
-
-def _json_string(text: pa.Array) -> pa.Array:
-    """JSON string literals; only values that need escapes go through :func:`json.dumps`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    needs = pc.fill_null(pc.match_substring_regex(text, r'["\\\x00-\x1f]'), False)
-    quoted = pc.binary_join_element_wise('"', text, '"', "")
-    if not pc.any(needs).as_py():
-        return quoted
-    values = quoted.to_pylist()
-    for i in pc.indices_nonzero(needs).to_pylist():
-        values[i] = json.dumps(text[i].as_py())
-    return pa.array(values, type=pa.string())
-
-
-def encode_value_column(column: pa.Array, dtype: str, encoding: str) -> pa.Array:
-    """A typed column as the text the legacy store keeps (see the module docstring); nulls stay null."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if dtype == "bool":
-        text = pc.if_else(column, "true", "false")
-    elif dtype == "timestamp":
-        utc = column.cast(arrow_type("timestamp"))
-        text = pc.binary_join_element_wise(pc.strftime(utc, "%Y-%m-%dT%H:%M:%S"), "+00:00", "")
-    else:
-        text = column.cast(pa.string())
-    if encoding == "json" and dtype in ("string", "timestamp"):
-        text = _json_string(text)
-    return text
-
-
-def encode_epoch(column: pa.Array) -> pa.Array:
-    """``_source_ts`` as exact epoch seconds in decimal (``1732500000.250000``)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    micros = column.cast(arrow_type("timestamp")).cast(pa.int64())
-    seconds = pc.floor(pc.divide(micros.cast(pa.float64()), 1_000_000.0)).cast(pa.int64())
-    frac = pc.subtract(micros, pc.multiply(seconds, 1_000_000))
-    return pc.binary_join_element_wise(
-        seconds.cast(pa.string()), ".", pc.utf8_lpad(frac.cast(pa.string()), 6, "0"), ""
-    )
-
-
-def _hset_payload(keys: pa.Array, fields: list[bytes], values: list[pa.Array]) -> tuple[bytes, int]:
-    """``DEL key`` then ``HSET key <non-null fields>`` per row; returns (payload, replies expected)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(keys)
-    count = np.zeros(n, dtype=np.int64)
-    segments = []
-    for name, column in zip(fields, values, strict=True):
-        count += column.is_valid().to_numpy(zero_copy_only=False)
-        head = b"$%d\r\n%s\r\n" % (len(name), name)
-        segments.append(pc.binary_join_element_wise(head, _resp_bulk(column), b""))
-    key_bulk = _resp_bulk(keys)
-    deletes = pc.binary_join_element_wise(b"*2\r\n$3\r\nDEL\r\n", key_bulk, b"")
-    argc = pa.array(2 + 2 * count).cast(pa.string()).cast(pa.binary())
-    body = pc.binary_join_element_wise(*segments, b"", null_handling="replace", null_replacement=b"")
-    hsets = pc.binary_join_element_wise(b"*", argc, b"\r\n$4\r\nHSET\r\n", key_bulk, body, b"")
-    hsets = hsets.filter(pa.array(count > 0))
-    payload = b"".join(_data_view(a) for a in (deletes, hsets) if len(a))
-    return payload, n + len(hsets)
-
-
-def _data_view(array: pa.Array) -> memoryview:
-    """The bytes of all values of a binary/string array, back to back (no copy)."""
-    import numpy as np
-    import pyarrow as pa
-
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
-    return memoryview(array.buffers()[2])[offsets[0] : offsets[-1]]
-
-
-class _Raw:
-    """A plain socket speaking RESP, for pipelined bulk reads; hiredis parses the replies."""
-
-    def __init__(self, params: dict[str, Any], conn_id: str) -> None:
-        import hiredis
-
-        self.conn_id = conn_id
-        timeout = float(params.get("socket_timeout") or 60)
-        try:
-            if params.get("path"):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(float(params.get("socket_connect_timeout") or 5))
-                sock.connect(params["path"])
-            else:
-                sock = socket.create_connection(
-                    (params.get("host") or "127.0.0.1", int(params.get("port") or 6379)),
-                    timeout=float(params.get("socket_connect_timeout") or 5),
-                )
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if params.get("ssl"):
-                    import ssl
-
-                    context = ssl.create_default_context()
-                    if params.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
-                    sock = context.wrap_socket(sock, server_hostname=params.get("host"))
-            sock.settimeout(timeout)
-        except OSError as exc:
-            raise StoreUnavailable(conn_id, "Redis", exc) from exc
-        self.sock = sock
-        self.reader = hiredis.Reader()
-        self.buf = bytearray(1 << 20)
-        hello: list[tuple[bytes, ...]] = []
-        if params.get("password"):
-            auth = [b"AUTH"]
-            if params.get("username"):
-                auth.append(str(params["username"]).encode())
-            auth.append(str(params["password"]).encode())
-            hello.append(tuple(auth))
-        if int(params.get("db") or 0):
-            hello.append((b"SELECT", str(int(params["db"])).encode()))
-        for cmd in hello:
-            reply = self.call(*cmd)
-            if isinstance(reply, Exception):
-                self.close()
-                raise StoreUnavailable(conn_id, "Redis", reply)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def _recv_into_reader(self) -> None:
-        try:
-            n = self.sock.recv_into(self.buf)
-        except OSError as exc:
-            raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
-        if n == 0:
-            raise StoreUnavailable(self.conn_id, "Redis", ConnectionError("server closed the connection"))
-        self.reader.feed(self.buf, 0, n)  # type: ignore[arg-type]  # hiredis accepts any buffer
-
-    def call(self, *args: bytes) -> Any:
-        import hiredis
-
-        try:
-            self.sock.sendall(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub says 1-tuple
-        except OSError as exc:
-            raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
-        while (reply := self.reader.gets()) is False:
-            self._recv_into_reader()
-        return reply
-
-    def _start_writer(self, payloads: Iterator[tuple[Any, int]]) -> _Writer:
-        writer = _Writer(self.sock, payloads)
-        writer.start()
-        return writer
-
-    def _finish(self, writer: _Writer, completed: bool) -> None:
-        """Wait for the writer and surface its failure.
-
-        After an early exit (an error, or the caller closing the generator) the socket is shut
-        down: that unblocks a writer stuck in ``sendall``, and the replies still in flight would
-        otherwise be read as the next command's. The writer's resulting broken pipe is not
-        raised: it would hide the reason the reader stopped. After a complete pipeline the socket
-        stays open for the next one, even if the writer thread is still winding down.
-        """
-        if not completed:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-        writer.join(timeout=30)
-        if completed and writer.failure is not None:
-            exc = writer.failure
-            if isinstance(exc, OSError):
-                raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
-            raise exc
-
-    def pipeline(self, payloads: Iterator[tuple[Any, int]]) -> Iterator[list[Any]]:
-        """Send each payload (``count`` commands) from a writer thread; yield each batch's replies.
-
-        Sending and receiving overlap, so the server never waits for the client to finish
-        parsing, and the socket buffers can never fill up both ways (the classic pipeline deadlock).
-        """
-        writer = self._start_writer(payloads)
-        completed = False
-        try:
-            while (count := writer.counts.get()) is not None:
-                replies: list[Any] = []
-                gets = self.reader.gets
-                while len(replies) < count:
-                    reply = gets()
-                    if reply is False:
-                        if writer.failure is not None:
-                            break
-                        self._recv_into_reader()
-                        continue
-                    replies.append(reply)
-                if writer.failure is not None:
-                    break
-                yield replies
-            completed = True
-        finally:
-            self._finish(writer, completed)
-
-    def hmget_columns(
-        self, payloads: Iterator[tuple[Any, int]], total: int, width: int
-    ) -> Iterator[tuple[int, list[pa.Array]]]:
-        """Pipelined HMGETs of ``width`` fields, ``total`` replies in all, as binary Arrow columns.
-
-        Yields ``(replies, columns)`` in order. Received bytes are parsed in large slices by the
-        vectorised parser of :mod:`._resp`; if that refuses (an error reply, an odd value), the
-        rest of the stream goes through hiredis, which raises on error replies like redis-py.
-        """
-        import itertools
-
-        import numpy as np
-
-        from airflow_fsmigration.stores._resp import Unparseable, parse_hmget
-
-        # A PING after the last command: its "+PONG" reply marks the end of the stream, so the
-        # reader can block in recv and still know when to parse the last, short slice.
-        writer = self._start_writer(itertools.chain(payloads, [(b"*1\r\n$4\r\nPING\r\n", 0)]))
-        buf = np.empty(PARSE_AT * 2, dtype=np.uint8)
-        filled = done = 0
-        fallback = starved = False
-        completed = False
-        try:
-            while done < total:
-                if fallback:
-                    replies = self._gets_some(total - done)
-                    done += len(replies)
-                    yield len(replies), _columns_from_replies(replies, width)
-                    continue
-                # Parse in big slices, and the last slice once the end marker has arrived.
-                if (
-                    filled
-                    and not starved
-                    and (filled >= PARSE_AT or bytes(buf[max(filled - 7, 0) : filled]) == _PONG)
-                ):
-                    pass
-                else:
-                    if filled == buf.size:
-                        buf = np.concatenate([buf, np.empty(buf.size, dtype=np.uint8)])
-                    try:
-                        n = self.sock.recv_into(buf[filled:].data)
-                    except OSError as exc:
-                        raise StoreUnavailable(self.conn_id, "Redis", exc) from exc
-                    if n == 0:
-                        raise StoreUnavailable(
-                            self.conn_id, "Redis", ConnectionError("server closed the connection")
-                        )
-                    filled += n
-                    starved = False
-                    continue
-                try:
-                    count, used, columns = parse_hmget(buf[:filled].data, width)
-                except Unparseable as exc:
-                    log.debug("Redis replies need the general parser (%s); switching to hiredis", exc)
-                    self.reader.feed(buf[:filled].tobytes())
-                    filled = 0
-                    fallback = True
-                    continue
-                starved = count == 0  # a reply is cut off: receive before parsing again
-                if count and columns is not None:
-                    done += count
-                    rest = filled - used
-                    buf[:rest] = buf[used:filled]
-                    filled = rest
-                    yield count, columns
-            completed = True
-        finally:
-            self._finish(writer, completed)
-
-    def _gets_some(self, most: int) -> list[Any]:
-        """At least one reply from hiredis (receiving as needed), at most ``most``."""
-        replies: list[Any] = []
-        gets = self.reader.gets
-        while len(replies) < most:
-            reply = gets()
-            if reply is False:
-                if replies:
-                    break
-                self._recv_into_reader()
-                continue
-            if isinstance(reply, Exception):
-                raise reply
-            replies.append(reply)
-        return replies
-
-
-class _Writer(threading.Thread):
-    """Sends pipelined payloads; counts go to the reader, a failure is kept for it to raise."""
-
-    def __init__(self, sock: socket.socket, payloads: Iterator[tuple[Any, int]]) -> None:
-        import queue
-
-        super().__init__(name="fsmig-redis-writer", daemon=True)
-        self.sock = sock
-        self.payloads = payloads
-        self.counts: queue.Queue[int | None] = queue.Queue()
-        self.failure: BaseException | None = None
-        self.sent_all = threading.Event()
-
-    def run(self) -> None:
-        try:
-            for payload, count in self.payloads:
-                self.counts.put(count)
-                self.sock.sendall(payload)
-        except BaseException as exc:
-            self.failure = exc
-        finally:
-            self.sent_all.set()
-            self.counts.put(None)
-
-
-def _is_reply_error(exc: BaseException) -> bool:
-    import hiredis
-
-    return isinstance(exc, hiredis.ReplyError)
-
-
-def _columns_from_replies(replies: list[Any], width: int) -> list[pa.Array]:
-    """hiredis replies (lists of bytes or None) as binary columns."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    nested = pa.array(replies, type=pa.list_(pa.binary()))
-    return [pc.list_element(nested, j) for j in range(width)]
-
-
-class _LazyRaw:
-    """A raw connection opened on first use."""
-
-    def __init__(self, params: dict[str, Any], conn_id: str) -> None:
-        self.params, self.conn_id = params, conn_id
-        self.raw: _Raw | None = None
-
-    def get(self) -> _Raw:
-        if self.raw is None:
-            self.raw = _Raw(self.params, self.conn_id)
-        return self.raw
-
-    def close(self) -> None:
-        if self.raw is not None:
-            self.raw.close()
-            self.raw = None
-
-
-def _hmget_payload(keys: pa.Array, fields: list[bytes]) -> memoryview:
-    """RESP ``HMGET key f1 .. fn`` for every key, built with Arrow kernels in one buffer."""
-    import pyarrow.compute as pc
-
-    head = f"*{len(fields) + 2}\r\n$5\r\nHMGET\r\n".encode()
-    tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-    return _data_view(pc.binary_join_element_wise(head, _resp_bulk(keys), tail, b""))
 
 
 class _SeenHashes:
@@ -736,13 +190,12 @@ class RedisOnlineSource:
     # -- reads -----------------------------------------------------------------------------
 
     def read(self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array) -> pa.Table:
-        import pyarrow as pa
 
         g = self._group(group)
         tables = list(self._read_batches(g, entity_ids))
         if not tables:
             return empty_frame(g)
-        return conform(pa.concat_tables(tables), g)
+        return _with_flags(tables, g)
 
     def read_as_of(self, group: FeatureGroup | str, entity_ids: Sequence[str], as_of: datetime) -> pa.Table:
         raise HistoryUnavailable(self.conn_id, self.store, self._group(group).name)
