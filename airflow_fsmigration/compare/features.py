@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from airflow_fsmigration.compare.classify import classify
 from airflow_fsmigration.compare.model import LAGGING, MATCH, MISMATCH, Category, FeatureStats
+from airflow_fsmigration.semantics import null_policy_match, values_equal
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import Feature
@@ -95,49 +96,6 @@ def numeric(arr: pa.Array, dtype: str) -> np.ndarray:
 
 def _bools(arr: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-# --------------------------------------------------------------------------- tolerance, null policy
-
-
-def _abs_diff_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``|a - b|`` of two int64 arrays, exact as uint64 (no overflow, no float rounding)."""
-    au, bu = a.view(np.uint64), b.view(np.uint64)
-    return np.where(a >= b, au - bu, bu - au)
-
-
-def values_equal(a: np.ndarray, b: np.ndarray, dtype: str, *, atol: float, rtol: float) -> np.ndarray:
-    """``|a - b| <= atol + rtol * max(|a|, |b|)`` per row (nulls are judged by the null policy).
-
-    int64 and timestamps (epoch microseconds; ``atol`` in seconds) in integer arithmetic, exact
-    to the last unit; floats in float64 with NaN == NaN; bools exactly.
-    """
-    if dtype == "bool" or (atol == 0 and rtol == 0 and dtype != "float64"):
-        return np.asarray(a == b)
-    if dtype in ("int64", "timestamp"):
-        a64, b64 = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
-        bound = (atol * 1_000_000 if dtype == "timestamp" else atol) + rtol * np.maximum(
-            np.abs(a64.astype(np.float64)), np.abs(b64.astype(np.float64))
-        )
-        limit = np.floor(np.minimum(bound, 1.8e19)).astype(np.uint64)
-        return _abs_diff_u64(a64, b64) <= limit
-    af, bf = a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore", over="ignore"):
-        eq = (af == bf) | (np.abs(bf - af) <= atol + rtol * np.maximum(np.abs(af), np.abs(bf)))
-    return eq | (np.isnan(af) & np.isnan(bf))
-
-
-def null_policy_match(
-    eq: np.ndarray, a_ok: np.ndarray, b_ok: np.ndarray, a_zero: np.ndarray, b_zero: np.ndarray, policy: str
-) -> np.ndarray:
-    """Per row: do the two values agree under ``policy`` (``eq`` judges rows where both are valued)."""
-    both_ok = a_ok & b_ok
-    if policy == "nulls_never_match":
-        return both_ok & eq
-    both_null = ~a_ok & ~b_ok
-    if policy == "null_equals_zero":
-        return (both_ok & eq) | both_null | (~a_ok & b_zero) | (a_zero & ~b_ok)
-    return (both_ok & eq) | both_null
 
 
 # --------------------------------------------------------------------------- lag
