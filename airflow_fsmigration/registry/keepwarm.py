@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.db import SCHEMA, ensure_schema
+from airflow_fsmigration.semantics import decode_source_ts, key_pattern
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import MigrationPlan
@@ -159,44 +160,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def parse_source_ts(raw: Any) -> datetime | None:
-    """A source time as stored by the legacy store: epoch seconds (or ms), ISO text, or JSON of either."""
-    if raw is None:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    if isinstance(raw, datetime):
-        return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
-    if isinstance(raw, str):
-        text = raw.strip()
-        if not text:
-            return None
-        if text.startswith('"'):
-            try:
-                text = str(json.loads(text))
-            except ValueError:
-                return None
-        try:
-            raw = float(text)
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                return None
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        seconds = float(raw)
-        if seconds > 1e11:  # milliseconds
-            seconds /= 1000.0
-        try:
-            return datetime.fromtimestamp(seconds, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    return None
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+def parse_source_ts(raw: Any, encoding: str | None = None) -> datetime | None:
+    """A source time as stored by the legacy store (see :func:`~airflow_fsmigration.semantics.decode_source_ts`)."""
+    return decode_source_ts(raw, encoding)
 
 
 def _probe_online(
@@ -211,8 +177,7 @@ def _probe_online(
             "set it to the hash field holding the source time (e.g. _ts)"
         )
         return probe
-    head, tail = g.legacy_online.key_template.split("{entity}", 1)
-    pattern = f"{_glob_escape(head)}*{_glob_escape(tail)}"
+    pattern = key_pattern(g.legacy_online.key_template)
     keys: list[Any] = []
     cursor = 0
     for _ in range(max_scan_calls):
@@ -232,7 +197,7 @@ def _probe_online(
     for key in keys:
         pipe.hget(key, ts_field)
     for value in pipe.execute():
-        ts = parse_source_ts(value)
+        ts = parse_source_ts(value, str(g.legacy_online.encoding))
         if ts is None:
             continue
         probe.with_ts += 1
