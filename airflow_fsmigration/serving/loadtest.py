@@ -13,22 +13,22 @@ Verdicts, in this order:
   (too few workers for the latency, or not enough CPU): nothing was shown, so nothing passes;
 * ``fail`` when the p99 from due time is over the SLA;
 * ``pass`` otherwise.
+
+The generator itself (schedule, workers, histograms) is :mod:`airflow_fsmigration.serving.loadgen`.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.serving.stats import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
+from airflow_fsmigration.serving.loadgen import Drive, drive_share, percentile_ms, process_main, read_fn
+from airflow_fsmigration.serving.stats import new_histogram
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import MigrationPlan
@@ -96,152 +96,8 @@ class LoadTestResult:
         )
 
 
-def _read_fn(target: Any, group: str, backend: str | None) -> Callable[[Sequence[str]], Any]:
-    """Turn a router or a plain function into ``fn(entity_ids)``."""
-    if backend is not None and hasattr(target, "read_backend"):
-        return lambda ids: target.read_backend(group, ids, backend)
-    if hasattr(target, "get_features"):
-        return lambda ids: target.get_features(group, ids)
-    if callable(target):
-        return lambda ids: target(group, ids)
-    raise TypeError(
-        f"load test target must be a FeatureRouter or a function (group, entity_ids), got {type(target)}"
-    )
-
-
-def _pct(h: Any, pct: float) -> float | None:
-    return h.get_value_at_percentile(pct) / 1000.0 if h.get_total_count() else None
-
-
-def _histogram(values: list[int]) -> Any:
-    h = new_histogram()
-    for value, count in collections.Counter(values).items():
-        h.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US), count)
-    return h
-
-
-@dataclass
-class _Drive:
-    """What one generator (a process) measured; histograms HDR-encoded so they cross processes."""
-
-    planned: int
-    completed: int
-    errors: int
-    first_error: str | None
-    last_start_rel: float  # seconds from t0 to the last send
-    latency_hdr: bytes
-    service_hdr: bytes
-    lag_hdr: bytes
-
-
-def _drive(
-    fn: Callable[[Sequence[str]], Any],
-    ids: list[str],
-    *,
-    group: str,
-    planned_total: int,
-    interval: float,
-    duration_s: float,
-    grace_s: float,
-    concurrency: int,
-    batch_size: int,
-    t0_wall: float,
-    offset: int = 0,
-    stride: int = 1,
-) -> _Drive:
-    """Issue requests ``offset, offset + stride, ...`` of the global schedule, open loop."""
-    n_ids = len(ids)
-    planned = len(range(offset, planned_total, stride))
-    counter = itertools.count()
-    lock = threading.Lock()
-    latencies: list[int] = []
-    services: list[int] = []
-    lags: list[int] = []
-    errors = [0]
-    first_error: list[str] = []
-    last_start = [0.0]
-    perf = time.perf_counter
-    sleep = time.sleep
-    t0 = perf() + (t0_wall - time.time())
-    hard_stop = t0 + duration_s + grace_s
-
-    def worker() -> None:
-        lat_l: list[int] = []
-        svc_l: list[int] = []
-        lag_l: list[int] = []
-        errs = 0
-        err_text = None
-        started = 0.0
-        while True:
-            j = next(counter)
-            if j >= planned:
-                break
-            i = offset + j * stride
-            due = t0 + i * interval
-            now = perf()
-            if now > hard_stop:
-                break
-            if due > now:
-                sleep(due - now)
-            start = started = perf()
-            if batch_size == 1:
-                batch: Sequence[str] = (ids[i % n_ids],)
-            else:
-                batch = [ids[(i * batch_size + k) % n_ids] for k in range(batch_size)]
-            try:
-                fn(batch)
-            except Exception as exc:
-                errs += 1
-                if err_text is None:
-                    err_text = f"{type(exc).__name__}: {exc}"
-            end = perf()
-            lat_l.append(int((end - due) * 1e6))
-            svc_l.append(int((end - start) * 1e6))
-            lag_l.append(int(max(start - due, 0.0) * 1e6))
-        with lock:
-            latencies.extend(lat_l)
-            services.extend(svc_l)
-            lags.extend(lag_l)
-            errors[0] += errs
-            if err_text and not first_error:
-                first_error.append(err_text)
-            last_start[0] = max(last_start[0], started)
-
-    threads = [
-        threading.Thread(target=worker, name=f"fsmig-load-{k}", daemon=True) for k in range(concurrency)
-    ]
-    for t in threads:
-        t.start()
-    next_log = time.monotonic() + 5
-    for t in threads:
-        while t.is_alive():
-            t.join(timeout=0.5)
-            if time.monotonic() >= next_log:
-                issued = min(next(counter), planned)
-                elapsed = max(perf() - t0, 1e-9)
-                log.info(
-                    "load test %s: %d/%d requests issued, %.0f QPS, ETA %.0f s",
-                    group,
-                    issued,
-                    planned,
-                    issued / elapsed,
-                    max(t0 + duration_s - perf(), 0),
-                )
-                next_log = time.monotonic() + 5
-    return _Drive(
-        planned=planned,
-        completed=len(latencies),
-        errors=errors[0],
-        first_error=first_error[0] if first_error else None,
-        last_start_rel=(last_start[0] - t0) if latencies else 0.0,
-        latency_hdr=_histogram(latencies).encode(),
-        service_hdr=_histogram(services).encode(),
-        lag_hdr=_histogram(lags).encode(),
-    )
-
-
 def _judge(
-    drives: list[_Drive],
+    drives: list[Drive],
     *,
     group: str,
     target_qps: float,
@@ -267,7 +123,7 @@ def _judge(
     # so a schedule met exactly gives the target). Latency of the last answers does not count here.
     elapsed = max(max(d.last_start_rel for d in drives) + interval, 1e-9) if completed else duration_s
     achieved = completed / elapsed
-    p99, svc_p99 = _pct(lat_h, 99), _pct(svc_h, 99)
+    p99, svc_p99 = percentile_ms(lat_h, 99), percentile_ms(svc_h, 99)
     error_rate_pct = errors / completed * 100 if completed else 0.0
     reached = completed == planned and achieved >= (1 - rate_tolerance) * target_qps
     workers = f"{concurrency} workers" + (f" x {processes} processes" if processes > 1 else "")
@@ -310,12 +166,12 @@ def _judge(
         planned=planned,
         completed=completed,
         errors=errors,
-        p50_ms=_pct(lat_h, 50),
-        p95_ms=_pct(lat_h, 95),
+        p50_ms=percentile_ms(lat_h, 50),
+        p95_ms=percentile_ms(lat_h, 95),
         p99_ms=p99,
         max_ms=lat_h.get_max_value() / 1000.0 if completed else None,
         service_p99_ms=svc_p99,
-        start_lag_p99_ms=_pct(lag_h, 99),
+        start_lag_p99_ms=percentile_ms(lag_h, 99),
         sla_p99_ms=sla_p99_ms,
         max_error_rate_pct=max_error_rate_pct,
         concurrency=concurrency,
@@ -383,8 +239,8 @@ def run_load_test(
         concurrency,
         batch_size,
     )
-    drive = _drive(
-        _read_fn(router_or_read_fn, group, backend),
+    drive = drive_share(
+        read_fn(router_or_read_fn, group, backend),
         ids,
         group=group,
         planned_total=planned,
@@ -407,36 +263,6 @@ def run_load_test(
         batch_size=batch_size,
         processes=1,
     )
-
-
-def _process_main(
-    k: int,
-    factory: Callable[[], Any],
-    backend: str | None,
-    kwargs: dict[str, Any],
-    ready: Any,
-    t0: Any,
-    results: Any,
-) -> None:
-    """One generator process: build its own router (threads and sockets do not cross processes),
-    wait until every process is ready, then run its share of the common schedule."""
-    try:
-        target = factory()
-    except BaseException as exc:
-        results.put((k, f"target_factory failed: {type(exc).__name__}: {exc}"))
-        ready.abort()
-        return
-    try:
-        ready.wait()
-        while t0.value == 0.0:
-            time.sleep(0.001)
-        results.put((k, _drive(_read_fn(target, kwargs["group"], backend), t0_wall=t0.value, **kwargs)))
-    except BaseException as exc:
-        results.put((k, f"{type(exc).__name__}: {exc}"))
-    finally:
-        close = getattr(target, "close", None)
-        if callable(close):
-            close()
 
 
 def run_load_test_processes(
@@ -506,7 +332,7 @@ def run_load_test_processes(
     results = ctx.Queue()
     procs = [
         ctx.Process(
-            target=_process_main,
+            target=process_main,
             args=(k, target_factory, backend, {**common, "offset": k}, ready, t0, results),
             name=f"fsmig-load-{k}",
             daemon=True,
@@ -515,7 +341,7 @@ def run_load_test_processes(
     ]
     for proc in procs:
         proc.start()
-    drives: list[_Drive] = []
+    drives: list[Drive] = []
     problems: list[str] = []
     try:
         try:
@@ -532,7 +358,7 @@ def run_load_test_processes(
                 if not any(proc.is_alive() for proc in procs) and results.empty():
                     break
                 continue
-            if isinstance(item, _Drive):
+            if isinstance(item, Drive):
                 drives.append(item)
             else:
                 problems.append(item)
