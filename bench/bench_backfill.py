@@ -34,6 +34,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -41,6 +42,23 @@ sys.path.insert(0, str(REPO))
 
 GROUP = "user_txn_stats"
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def grid_plain_sql(plan: Any, group: str, table: str) -> Any:
+    """The floor: every snapshot time in ONE plain INSERT .. SELECT, no chunks, no checksum.
+
+    Benchmark-only (and the exactness test's reference), so it lives here, not in the wheel.
+    """
+    from psycopg import sql
+
+    from airflow_fsmigration.backfill.sql import _cols, _ident, as_of_sql, definition_columns
+
+    cols = definition_columns(plan, group)
+    body = sql.SQL(as_of_sql(plan, group, "fsmig_g.as_of"))  # type: ignore[arg-type]
+    return sql.SQL(
+        "INSERT INTO {t} (run_id, as_of, {cols}) SELECT %(run_id)s, fsmig_g.as_of, {dcols}"
+        " FROM unnest(%(times)s::timestamptz[]) AS fsmig_g(as_of) CROSS JOIN LATERAL ({body}) AS fsmig_d"
+    ).format(t=_ident(table), cols=_cols(cols), dcols=_cols(cols, "fsmig_d"), body=body)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -160,7 +178,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
                 s, cpu, _ = _cpu_timed(
                     conn,
                     lambda i=i: conn.execute(
-                        replay.grid_plain_sql(plan, GROUP, table), {"run_id": f"floor-{i}", "times": times}
+                        grid_plain_sql(plan, GROUP, table), {"run_id": f"floor-{i}", "times": times}
                     ),
                 )
                 floor_s.append(s)

@@ -16,6 +16,7 @@ import pytest
 from airflow_fsmigration.backfill import replay
 from airflow_fsmigration.backfill.retention import RetentionGapError
 from airflow_fsmigration.plan.definitions import render_as_of
+from bench.bench_backfill import grid_plain_sql
 from fsmig_dev import synthetic
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -43,8 +44,9 @@ def test_sigkilled_backfill_resumes_to_the_same_table(demo_plan, events, pg_url)
     start, end, every = T0 + timedelta(days=8), T0 + timedelta(days=17), timedelta(days=1)
     run = replay.plan_run(demo_plan, GROUP, conn, conn, start=start, end=end, every=every, run_id="killed")
     assert len(run.chunks) == 10
-    # Hold chunk 4's checkpoint row: the child writes chunks 0-4 (chunk 4's output commits) and then
-    # blocks marking 4 done, where we SIGKILL it: the worst moment, output written but not checkpointed.
+    # Hold chunk 4's checkpoint row: the child writes chunks 0-4 and blocks marking 4 done, where we
+    # SIGKILL it: the worst moment, output written but not checkpointed. With the registry in the
+    # store's database both are one transaction, so chunk 4's rows go with its checkpoint.
     locker = psycopg.connect(pg_url)
     locker.execute("SELECT 1 FROM fsmig.backfill_chunks WHERE run_id = 'killed' AND chunk_no = 4 FOR UPDATE")
     child = textwrap.dedent(
@@ -98,7 +100,7 @@ def test_sigkilled_backfill_resumes_to_the_same_table(demo_plan, events, pg_url)
     written = conn.execute(
         "SELECT count(DISTINCT as_of) FROM features_history.user_txn_stats_snapshots WHERE run_id = 'killed'"
     ).fetchone()[0]
-    assert written == 5  # chunk 4's rows are in the table although its checkpoint is not
+    assert written == 4  # chunk 4's rows rolled back with its checkpoint
 
     resumed = replay.run_backfill(
         demo_plan, GROUP, conn, conn, start=start, end=end, every=every, run_id="killed"
@@ -114,7 +116,7 @@ def test_sigkilled_backfill_resumes_to_the_same_table(demo_plan, events, pg_url)
     assert killed_table == clean_table == (clean.rows, clean.checksum) == (resumed.rows, resumed.checksum)
     # and the same as the definition run as one plain statement (the floor of the benchmark)
     conn.execute(
-        replay.grid_plain_sql(demo_plan, GROUP, "features_history.user_txn_stats_snapshots"),
+        grid_plain_sql(demo_plan, GROUP, "features_history.user_txn_stats_snapshots"),
         {"run_id": "plain", "times": replay.grid_times(start, end, every)},
     )
     plain = replay.BackfillRun("plain", GROUP, "grid", "features_history.user_txn_stats_snapshots", {}, ())
