@@ -166,11 +166,15 @@ BOOL_WORDS: Final = {
 
 
 def _bytes(raw: bytes | str) -> bytes:
+    if type(raw) is bytes:
+        return raw
     return raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
 
 
 def decode_int(raw: bytes | str) -> int | Undecodable:
     """An int64 from decimal text; integral decimals (``42.0``, ``4.2e1``) too, exactly."""
+    if type(raw) is bytes and 0 < len(raw) < 19 and raw.isdigit():  # the common case, ASCII digits only
+        return int(raw)
     text = _bytes(raw).strip(_WS)
     if _INT.fullmatch(text):
         value = int(text)
@@ -188,6 +192,10 @@ def decode_int(raw: bytes | str) -> int | Undecodable:
 
 
 def decode_float(raw: bytes | str) -> float | Undecodable:
+    if type(raw) is bytes:  # the common case: [-]digits[.digits], ASCII only
+        body = raw[1:] if raw[:1] == b"-" else raw
+        if body.replace(b".", b"", 1).isdigit():
+            return float(raw)
     text = _bytes(raw).strip(_WS)
     if _DECIMAL.fullmatch(text) or text.lower() in _FLOAT_WORDS:
         return float(text)
@@ -195,11 +203,19 @@ def decode_float(raw: bytes | str) -> float | Undecodable:
 
 
 def decode_bool(raw: bytes | str) -> bool | Undecodable:
+    value = BOOL_WORDS.get(raw) if type(raw) is bytes else None  # type: ignore[call-overload]
+    if value is not None:
+        return value
     value = BOOL_WORDS.get(_bytes(raw).strip(_WS).lower())
     return UNDECODABLE if value is None else value
 
 
 def decode_string(raw: bytes | str) -> str | Undecodable:
+    if type(raw) is bytes:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return UNDECODABLE
     if isinstance(raw, str):
         try:
             raw.encode("utf-8")
@@ -237,7 +253,7 @@ def _epoch_number(number: Decimal) -> datetime | Undecodable:
 def decode_timestamp(raw: bytes | str) -> datetime | Undecodable:
     """An aware UTC datetime from ISO 8601 (naive = UTC) or epoch seconds (milliseconds above 1e11)."""
     text = _bytes(raw).strip(_WS)
-    if _DECIMAL.fullmatch(text):
+    if text[4:5] != b"-" and _DECIMAL.fullmatch(text):  # no decimal has a '-' at index 4
         return _epoch_number(Decimal(text.decode("ascii")))
     try:
         parsed = datetime.fromisoformat(text.decode("ascii"))
@@ -245,6 +261,8 @@ def decode_timestamp(raw: bytes | str) -> datetime | Undecodable:
         return UNDECODABLE
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is UTC:
+        return parsed
     try:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):
@@ -296,10 +314,17 @@ def decoder(dtype: str, encoding: str = "string") -> Callable[[bytes | str], Any
     """A one-argument decoder for ``dtype`` (what serving binds once per feature)."""
     if str(dtype) not in TEXT_DECODERS:
         raise ValueError(f"unknown dtype {dtype!r} (one of {', '.join(DTYPES)})")
-    if str(encoding) == "json":
-        dt = str(dtype)
-        return lambda raw: decode_value(raw, dt, "json")
-    return TEXT_DECODERS[str(dtype)]
+    text = TEXT_DECODERS[str(dtype)]
+    if str(encoding) != "json":
+        return text
+    dt = str(dtype)
+
+    def decode_json(raw: bytes | str) -> Any:
+        if raw[:1] not in (b'"', '"'):  # a JSON number or literal is its own text
+            return None if raw in (b"null", "null") else text(raw)
+        return decode_value(raw, dt, "json")
+
+    return decode_json
 
 
 def decode_source_ts(raw: Any, encoding: str | None = None) -> datetime | None:

@@ -8,7 +8,6 @@ have left out, so a caller sees the same shape whichever side served it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -16,6 +15,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_fsmigration import semantics
+from airflow_fsmigration.semantics import UNDECODABLE
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
@@ -48,112 +50,25 @@ class UnknownGroup(KeyError):
 # -- value decoding ------------------------------------------------------------------------
 
 
-def _ts(value: Any) -> datetime:
-    """ISO-8601 text (a trailing Z allowed) or epoch seconds, as an aware UTC datetime."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return datetime.fromtimestamp(float(text), UTC)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+class UndecodableRow(dict[str, Any]):
+    """A served old-store row in which some legacy values did not decode (served as null).
 
+    ``undecodable`` names those features, so the router's shadow comparison counts them as
+    mismatches, as the nightly comparison does; to every other caller it is a plain dict.
+    """
 
-_TRUE = {b"true", b"1", b"True", b"TRUE", b"t"}
-_FALSE = {b"false", b"0", b"False", b"FALSE", b"f"}
+    __slots__ = ("undecodable",)
 
-
-def _bool_text(value: bytes) -> bool:
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{value!r} is not a boolean (expected true/false or 1/0)")
-
-
-def _str_text(value: bytes) -> str:
-    return value.decode()
-
-
-STRING_DECODERS: dict[str, Callable[[bytes], Any]] = {
-    "int64": int,
-    "float64": float,
-    "string": _str_text,
-    "bool": _bool_text,
-    "timestamp": _ts,
-}
-
-
-def _json_slow(dtype: str) -> Callable[[bytes], Any]:
-    def decode(value: bytes) -> Any:
-        v = json.loads(value)
-        if v is None:
-            return None
-        if dtype == "timestamp":
-            return _ts(v)
-        if dtype == "float64":
-            if isinstance(v, bool):
-                raise ValueError(f"{v!r} is not a number")
-            return float(v)
-        if dtype == "int64":
-            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-                raise ValueError(f"{v!r} is not an integer")
-            return int(v)
-        if dtype == "bool" and not isinstance(v, bool):
-            raise ValueError(f"{v!r} is not a JSON boolean")
-        if dtype == "string" and not isinstance(v, str):
-            raise ValueError(f"{v!r} is not a JSON string")
-        return v
-
-    return decode
-
-
-def _json_scalar(dtype: str) -> Callable[[bytes], Any]:
-    """A JSON-scalar decoder with a fast path for the common spellings (json.loads is ~1 us)."""
-    slow = _json_slow(dtype)
-    decode: Callable[[bytes], Any]
-    if dtype == "int64":
-
-        def decode(value: bytes) -> Any:
-            try:
-                return int(value)
-            except ValueError:
-                return slow(value)
-
-    elif dtype == "float64":
-
-        def decode(value: bytes) -> Any:
-            try:
-                return float(value)
-            except ValueError:
-                return slow(value)
-
-    elif dtype == "bool":
-
-        def decode(value: bytes) -> Any:
-            if value == b"true":
-                return True
-            if value == b"false":
-                return False
-            return slow(value)
-
-    elif dtype == "string":
-
-        def decode(value: bytes) -> Any:
-            if value[:1] == b'"' and value[-1:] == b'"' and b"\\" not in value and len(value) > 1:
-                return value[1:-1].decode()
-            return slow(value)
-
-    else:
-        decode = slow
-    return decode
+    def __init__(self, row: dict[str, Any], undecodable: frozenset[str]) -> None:
+        super().__init__(row)
+        self.undecodable = undecodable
 
 
 class LegacyRedisBackend:
     """The legacy online store: one Redis hash per entity at the plan's ``key_template``.
+
+    Keys and values mean what :mod:`airflow_fsmigration.semantics` says (the comparator's
+    meaning), so callers are served the "old value" the nightly comparison judged.
 
     One HGETALL for a single entity, a non-transactional pipeline for a batch. A missing hash
     is a missing entity; a missing field is a null. A value that does not decode is served as
@@ -167,13 +82,16 @@ class LegacyRedisBackend:
         self.client = client
         self.decode_errors = 0
         self._warned: set[tuple[str, str]] = set()
-        self._groups: dict[str, tuple[str, str, list[tuple[bytes, str, Callable[[bytes], Any]]]]] = {}
+        self._groups: dict[str, tuple[str, str, list[tuple[bytes, str, Callable[[bytes | str], Any]]]]] = {}
         for g in groups:
-            prefix, _, suffix = g.legacy_online.key_template.partition("{entity}")
-            if str(g.legacy_online.encoding) == "json":
-                decoders = [(f.name.encode(), f.name, _json_scalar(str(f.dtype))) for f in g.features]
-            else:
-                decoders = [(f.name.encode(), f.name, STRING_DECODERS[str(f.dtype)]) for f in g.features]
+            try:
+                prefix, suffix = semantics.key_affixes(g.legacy_online.key_template)
+            except ValueError as exc:
+                raise ValueError(f"group '{g.name}': {exc}") from None
+            encoding = str(g.legacy_online.encoding)
+            decoders = [
+                (f.name.encode(), f.name, semantics.decoder(str(f.dtype), encoding)) for f in g.features
+            ]
             self._groups[g.name] = (prefix, suffix, decoders)
 
     @classmethod
@@ -184,7 +102,7 @@ class LegacyRedisBackend:
         prefix, suffix, _ = self._spec(group)
         return prefix + entity_id + suffix
 
-    def _spec(self, group: str) -> tuple[str, str, list[tuple[bytes, str, Callable[[bytes], Any]]]]:
+    def _spec(self, group: str) -> tuple[str, str, list[tuple[bytes, str, Callable[[bytes | str], Any]]]]:
         try:
             return self._groups[group]
         except KeyError:
@@ -204,31 +122,33 @@ class LegacyRedisBackend:
             if not raw:
                 continue
             row: dict[str, Any] = {}
+            bad: list[str] | None = None
             for field, name, decode in decoders:
                 value = raw.get(field)
                 if value is None:
                     row[name] = None
                     continue
-                try:
-                    row[name] = decode(value)
-                except (ValueError, TypeError, OverflowError) as exc:
+                decoded = decode(value)
+                if decoded is UNDECODABLE:
                     row[name] = None
-                    self._bad_value(group, name, entity_id, value, exc)
-            out[entity_id] = row
+                    self._bad_value(group, name, entity_id, value)
+                    bad = [*(bad or ()), name]
+                else:
+                    row[name] = decoded
+            out[entity_id] = row if bad is None else UndecodableRow(row, frozenset(bad))
         return out
 
-    def _bad_value(self, group: str, feature: str, entity_id: str, value: bytes, exc: Exception) -> None:
+    def _bad_value(self, group: str, feature: str, entity_id: str, value: bytes) -> None:
         self.decode_errors += 1
         if (group, feature) not in self._warned:
             self._warned.add((group, feature))
             log.warning(
-                "group '%s' feature '%s': legacy Redis value %r for entity %s does not decode (%s); "
+                "group '%s' feature '%s': legacy Redis value %r for entity %s does not decode; "
                 "served as null (further bad values of this feature are only counted)",
                 group,
                 feature,
                 value[:80],
                 entity_id,
-                exc,
             )
 
     def close(self) -> None:

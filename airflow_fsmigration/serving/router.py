@@ -17,11 +17,9 @@ without waiting for their own failures; each process then probes the store on it
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
-import math
 import os
 import queue
 import random
@@ -31,8 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import pybreaker
-
+from airflow_fsmigration.serving.breaker import GroupBreaker
 from airflow_fsmigration.serving.bucketing import BUCKETS, bucket_of, split
 from airflow_fsmigration.serving.routing import (
     BREAKER_CHANNEL,
@@ -41,10 +38,13 @@ from airflow_fsmigration.serving.routing import (
     parse_state,
     routing_key,
 )
+from airflow_fsmigration.serving.shadow_sample import ShadowSampling, row_diffs, values_match
 from airflow_fsmigration.serving.stats import StatsRecorder
 
+__all__ = ["FeatureRouter", "GroupBreaker", "ServingError", "build_router", "row_diffs", "values_match"]
+
 if TYPE_CHECKING:
-    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
+    from airflow_fsmigration.plan.model import MigrationPlan
     from airflow_fsmigration.serving.backends import Backend, Rows
 
 log = logging.getLogger("airflow_fsmigration.serving")
@@ -57,89 +57,7 @@ class ServingError(RuntimeError):
     """The old store failed: there is nothing left to fall back to."""
 
 
-class _BreakerListener(pybreaker.CircuitBreakerListener):
-    """Mirror pybreaker's state into plain attributes the hot path can read for free."""
-
-    def __init__(self, breaker: GroupBreaker) -> None:
-        self._breaker = breaker
-
-    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        b = self._breaker
-        name = new_state.name
-        if name == pybreaker.STATE_OPEN:
-            b.open_until = _monotonic() + cb.reset_timeout
-            b.is_open = True
-            b.trips += 1
-            if not b.applying_remote:
-                b.on_trip(b.group)
-        elif name == pybreaker.STATE_CLOSED:
-            b.is_open = False
-            b.dirty = False
-
-
-class GroupBreaker:
-    """The new store's circuit breaker for one group, in process.
-
-    ``is_open``/``open_until``/``dirty`` are the hot-path view; pybreaker holds the state machine
-    (consecutive failure count, open -> half-open after ``reset_timeout``, close on success).
-    """
-
-    def __init__(self, group: str, fail_max: int, reset_timeout_s: float, on_trip: Any) -> None:
-        self.group = group
-        self.is_open = False
-        self.open_until = 0.0
-        self.dirty = False
-        self.trips = 0
-        self.applying_remote = False
-        self.on_trip = on_trip
-        self.cb = pybreaker.CircuitBreaker(
-            fail_max=fail_max,
-            reset_timeout=reset_timeout_s,
-            listeners=[_BreakerListener(self)],
-            name=f"fsmig-new-store:{group}",
-        )
-
-    @property
-    def state(self) -> str:
-        return str(self.cb.current_state)
-
-    def allows(self) -> bool:
-        """Closed, or open long enough that a trial read is due."""
-        return not self.is_open or _monotonic() >= self.open_until
-
-    def call(self, func: Any, *args: Any) -> Any:
-        """Run ``func`` under the breaker: directly when healthy, through pybreaker otherwise."""
-        if not self.is_open and not self.dirty:
-            try:
-                return func(*args)
-            except Exception as exc:
-                self.dirty = True
-                self._count_failure(exc)
-                raise
-        result = self.cb.call(func, *args)
-        if not self.is_open:
-            self.dirty = False
-        return result
-
-    def _count_failure(self, exc: Exception) -> None:
-        def _raise() -> None:
-            raise exc
-
-        with contextlib.suppress(Exception):
-            self.cb.call(_raise)
-
-    def open_remote(self) -> None:
-        """Open because another process tripped (no re-publish)."""
-        if self.is_open:
-            return
-        self.applying_remote = True
-        try:
-            self.cb.open()
-        finally:
-            self.applying_remote = False
-
-
-class FeatureRouter:
+class FeatureRouter(ShadowSampling):
     """Route feature reads between the legacy store and the new store by the registry's ramp.
 
     :param redis_client: ``redis.Redis`` (bytes responses) holding the routing mirror; also used
@@ -183,8 +101,6 @@ class FeatureRouter:
         refresh_s: float = 5.0,
         listen: bool = True,
     ) -> None:
-        if not 0.0 <= shadow_rate <= 1.0:
-            raise ValueError(f"shadow_rate is a share in 0..1, got {shadow_rate}")
         self.redis = redis_client
         self.old = old_backend
         self.new = new_backend
@@ -214,18 +130,8 @@ class FeatureRouter:
         # Breaker trips go out on a thread: a failing request must not also wait for a PUBLISH.
         self._trip_outbox: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        # Shadow sampling.
-        self.shadow_rate = shadow_rate
-        self.shadow_max_per_s = shadow_max_per_s
-        self.shadow_max_entities = shadow_max_entities
-        self._shadow_tokens = shadow_max_per_s
-        self._shadow_refill = _monotonic()
-        self._shadow_queue: queue.Queue[tuple[str, list[str], Rows] | None] = queue.Queue(maxsize=256)
-        self.shadow_dropped = 0
-        self.shadow_errors = 0
-        self.shadow_compared = 0
-        self.shadow_mismatched = 0
-        self._mismatch_log_budget: collections.deque[float] = collections.deque(maxlen=20)
+        # Shadow sampling (see :mod:`.shadow_sample`).
+        self._init_shadow(shadow_rate, shadow_max_per_s, shadow_max_entities)
         self._subscribed = threading.Event()
         if share_trips:
             self._start(self._publish_trips, "fsmig-breaker-publish")
@@ -520,103 +426,6 @@ class FeatureRouter:
     def flush_stats(self) -> int:
         """Write the stats recorded so far to Redis now (returns samples written)."""
         return self.stats.flush()
-
-    # -- shadow sampling ------------------------------------------------------------------
-    def _maybe_shadow(self, group: str, ids: Sequence[str], old_rows: Rows) -> None:
-        now = _monotonic()
-        self._shadow_tokens = min(
-            self.shadow_max_per_s, self._shadow_tokens + (now - self._shadow_refill) * self.shadow_max_per_s
-        )
-        self._shadow_refill = now
-        if self._shadow_tokens < 1:
-            return
-        self._shadow_tokens -= 1
-        sample = list(ids[: self.shadow_max_entities])
-        try:
-            self._shadow_queue.put_nowait((group, sample, {e: old_rows[e] for e in sample if e in old_rows}))
-        except queue.Full:
-            self.shadow_dropped += 1
-
-    def _shadow_worker(self) -> None:
-        while not self._stop.is_set():
-            try:
-                item = self._shadow_queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            group, ids, old_rows = item
-            try:
-                new_rows = self.new.read(group, ids)
-            except Exception as exc:
-                self.shadow_errors += 1
-                log.debug("group %s: shadow read of the new store failed: %s", group, exc)
-                continue
-            self._compare(group, ids, old_rows, new_rows)
-
-    def _compare(self, group: str, ids: Sequence[str], old_rows: Rows, new_rows: Rows) -> None:
-        spec = self.plan.groups.get(group) if self.plan is not None else None
-        for e in ids:
-            old, new = old_rows.get(e), new_rows.get(e)
-            if old is None and new is None:
-                continue
-            diffs = _row_diffs(spec, old, new)
-            self.shadow_compared += 1
-            self.stats.record_shadow(group, not diffs)
-            if diffs:
-                self.shadow_mismatched += 1
-                self._log_mismatch(group, e, diffs)
-
-    def _log_mismatch(self, group: str, entity_id: str, diffs: list[str]) -> None:
-        now = _monotonic()
-        budget = self._mismatch_log_budget
-        if len(budget) == budget.maxlen and now - budget[0] < 60:
-            return  # at most 20 mismatch lines a minute
-        budget.append(now)
-        log.info("group %s: shadow mismatch for entity %s: %s", group, entity_id, "; ".join(diffs[:5]))
-
-
-def _row_diffs(
-    spec: FeatureGroup | None, old: dict[str, Any] | None, new: dict[str, Any] | None
-) -> list[str]:
-    """Features that differ between an old and a new row, judged with the plan's tolerances."""
-    if old is None:
-        return ["entity missing from the old store"]
-    if new is None:
-        return ["entity missing from the new store"]
-    diffs = []
-    features = spec.features if spec is not None else None
-    names = [f.name for f in features] if features is not None else sorted(set(old) | set(new))
-    for i, name in enumerate(names):
-        a, b = old.get(name), new.get(name)
-        f = features[i] if features is not None else None
-        if not _values_match(f, a, b):
-            diffs.append(f"{name}: old={a!r} new={b!r}")
-    return diffs
-
-
-def _values_match(feature: Any, a: Any, b: Any) -> bool:
-    policy = str(feature.null_policy) if feature is not None else "null_equals_null"
-    if a is None or b is None:
-        if policy == "nulls_never_match":
-            return False
-        if a is None and b is None:
-            return True
-        if policy == "null_equals_zero":
-            other = b if a is None else a
-            return other in (0, "", False)
-        return False
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            fa, fb = float(a), float(b)
-        except (TypeError, ValueError):
-            return False
-        atol = feature.atol if feature is not None else 0.0
-        rtol = feature.rtol if feature is not None else 0.0
-        if math.isnan(fa) or math.isnan(fb):
-            return math.isnan(fa) and math.isnan(fb)
-        return abs(fa - fb) <= atol + rtol * abs(fb)
-    return a == b
 
 
 def build_router(
