@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_fsmigration.semantics import glob_escape as _glob_escape
 from airflow_fsmigration.stores.frames import ENTITY, SOURCE_TS, feature_schema
 from airflow_fsmigration.stores.redis_online import BATCH, RedisOnlineSource
 
@@ -462,10 +463,6 @@ class FeastLayout:
         raise NotImplementedError(
             f"group '{group.name}': writing Feast's layout is Feast's job (feast materialize), not fsmigrate's"
         )
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 @dataclass
