@@ -123,7 +123,7 @@ def test_soak_trigger_waits_for_green_runs_covering_the_soak(seconds_plan, pg_co
 
 @pytest.mark.integration
 def test_bake_trigger_fails_at_once_on_an_auc_drop(seconds_plan, pg_conn):
-    from airflow_fsmigration.registry.gates import AUC, record_metric
+    from airflow_fsmigration.gates.metrics import AUC, record_metric
 
     plan, plan_dir = seconds_plan
     now = datetime.now(UTC)
@@ -148,7 +148,7 @@ def test_bake_trigger_fails_at_once_on_an_auc_drop(seconds_plan, pg_conn):
 
 @pytest.mark.integration
 def test_bake_trigger_passes_only_when_the_window_is_over(seconds_plan, pg_conn, redis_client):
-    from airflow_fsmigration.registry.gates import AUC, record_metric
+    from airflow_fsmigration.gates.metrics import AUC, record_metric
     from airflow_fsmigration.serving.stats import StatsRecorder
 
     plan, plan_dir = seconds_plan

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
+from airflow_fsmigration.gates.bake import Outcome, evaluate_bake
+from airflow_fsmigration.gates.metrics import AUC, PRECISION, record_metric
 from airflow_fsmigration.plan.model import RollbackTriggers
-from airflow_fsmigration.registry.gates import AUC, PRECISION, Outcome, evaluate_bake, record_metric
-from airflow_fsmigration.serving.stats import StatsRecorder, StatsUnavailable
+from airflow_fsmigration.serving.stats import StatsRecorder, StatsUnavailable, read_window
 
 GROUP = "merchant_stats"  # used by one model, merchant_risk_v2
 MODEL = "merchant_risk_v2"
@@ -44,7 +46,8 @@ def _traffic(redis_client, *, old_us: int, new_us: int, n: int = 300, new_errors
 
 
 def _evaluate(plan, pg_conn, redis_client, **kw):
-    return evaluate_bake(plan, GROUP, metrics_conn=pg_conn, redis_client=redis_client, **_windows(), **kw)
+    kw.setdefault("read_stats", partial(read_window, redis_client))
+    return evaluate_bake(plan, GROUP, metrics_conn=pg_conn, **_windows(), **kw)
 
 
 @pytest.mark.integration
@@ -139,7 +142,7 @@ def test_cutover_compares_with_old_store_baseline_window(demo_plan, pg_conn, red
         demo_plan,
         GROUP,
         metrics_conn=pg_conn,
-        redis_client=redis_client,
+        read_stats=partial(read_window, redis_client),
         bake_start=ramp_at,
         bake_end=BAKE[1],
         baseline_start=BASELINE[0],
@@ -190,3 +193,24 @@ def test_bake_cohort_filter(demo_plan, pg_conn, redis_client):
     _traffic(redis_client, old_us=2_000, new_us=2_100)
     assert _evaluate(demo_plan, pg_conn, redis_client, bake_cohort="old").outcome is Outcome.PASS
     assert _evaluate(demo_plan, pg_conn, redis_client, bake_cohort="new").outcome is Outcome.FAIL
+
+
+@pytest.mark.integration
+def test_reads_turned_away_by_the_breaker_are_not_a_pass(demo_plan, pg_conn, redis_client):
+    # The new store served its first 1000 reads well, then broke: its circuit breaker opened and
+    # turned the next 20000 reads routed to it over to the old store. Those reads never reached the
+    # new store, so they are neither in its count nor its errors; the bake must not pass on the
+    # reads from before the breaker opened.
+    _metrics(pg_conn, AUC, [0.900], [0.900])
+    _traffic(redis_client, old_us=2_000, new_us=2_100, n=1000)
+    rec = StatsRecorder(redis_client, bucket_s=10, flush_interval_s=0)
+    for _ in range(20_000):
+        rec.record_rejected(GROUP)
+    rec.flush()
+    rec.close()
+    result = _evaluate(demo_plan, pg_conn, redis_client)
+    assert result.outcome is Outcome.FAIL, result.summary()
+    assert [b.trigger for b in result.breaches] == ["error_rate_pct"]
+    assert result.breaches[0].observed == pytest.approx(20_000 / 21_000 * 100)
+    assert "20000 turned away by its open circuit breaker" in result.breaches[0].message
+    assert result.details["serving"]["new_rejected"] == 20_000

@@ -1,6 +1,7 @@
 """Shadow results kept in the registry Postgres: one row per run, read back as a time series.
 
-The soak gate and the reports read this table; the nightly consistency DAG writes it. Rows are
+The soak gate (:mod:`airflow_fsmigration.gates.soak`, which decides) and the reports read this
+table; the nightly consistency DAG writes it. Rows are
 only ever inserted: a run that could not read a store records nothing (see
 :func:`airflow_fsmigration.compare.shadow.run_shadow`), so a gap in the series is visible as a
 gap, never as a green day.
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.db import SCHEMA, ensure_schema
+from airflow_fsmigration.gates.soak import SoakStatus, soak_from_runs
+
+__all__ = ["COMPONENT", "MIGRATIONS", "ResultStore", "ShadowRun", "SoakStatus", "soak_from_runs"]
 
 if TYPE_CHECKING:
     from airflow_fsmigration.compare.engine import ComparisonResult
@@ -81,51 +85,6 @@ class ShadowRun:
             "feature_rates": self.feature_rates,
             "explanations": self.explanations,
             "shard": self.shard,
-        }
-
-
-@dataclass(frozen=True)
-class SoakStatus:
-    """Whether a group has been green long enough: the soak gate's answer, with what is missing."""
-
-    group: str
-    required: timedelta
-    green_for: timedelta
-    satisfied: bool
-    reason: str
-    green_since: datetime | None = None
-    last_run_at: datetime | None = None
-    last_verdict: str | None = None
-    last_fail_at: datetime | None = None
-    passing_runs: int = 0
-    max_gap: timedelta | None = None
-    missing: timedelta = field(default=timedelta(0))
-
-    @property
-    def seconds_green(self) -> float:
-        return self.green_for.total_seconds()
-
-    @property
-    def days_green(self) -> float:
-        return self.green_for.total_seconds() / 86400
-
-    def to_dict(self) -> dict[str, Any]:
-        def iso(t: datetime | None) -> str | None:
-            return t.isoformat() if t else None
-
-        return {
-            "group": self.group,
-            "required_s": self.required.total_seconds(),
-            "green_s": self.seconds_green,
-            "missing_s": self.missing.total_seconds(),
-            "satisfied": self.satisfied,
-            "reason": self.reason,
-            "green_since": iso(self.green_since),
-            "last_run_at": iso(self.last_run_at),
-            "last_verdict": self.last_verdict,
-            "last_fail_at": iso(self.last_fail_at),
-            "passing_runs": self.passing_runs,
-            "max_gap_s": self.max_gap.total_seconds() if self.max_gap else None,
         }
 
 
@@ -226,86 +185,27 @@ class ResultStore:
         *,
         max_gap: timedelta | None = None,
     ) -> SoakStatus:
-        """Green for the plan's ``shadow_soak``? See :func:`soak_from_runs`."""
+        """Green for the plan's ``shadow_soak``? See :func:`~airflow_fsmigration.gates.soak.soak_from_runs`.
+
+        Counts only the runs since the group last entered ``shadow`` in the registry's audit log
+        (which lives in the same database); none at all while the group is rolled back.
+        """
+        from airflow_fsmigration.registry.audit import soak_start
+
+        since = rolled_back_at = None
+        start = soak_start(self.conn, group)
+        if start is not None:
+            at, phase = start
+            if phase.value == "rolled_back":
+                rolled_back_at = at
+            else:
+                since = at
         return soak_from_runs(
-            group, self.series(group), plan.settings_for(group).shadow_soak, now=now, max_gap=max_gap
+            group,
+            self.series(group),
+            plan.settings_for(group).shadow_soak,
+            now=now,
+            max_gap=max_gap,
+            since=since,
+            rolled_back_at=rolled_back_at,
         )
-
-
-def soak_from_runs(
-    group: str,
-    runs: list[ShadowRun],
-    required: timedelta,
-    *,
-    now: datetime | None = None,
-    max_gap: timedelta | None = None,
-) -> SoakStatus:
-    """The soak answer from a series: consecutive passing runs covering ``required``, no fail since.
-
-    Runs at the same logical time (shards of one run) count together: one fail fails that time,
-    one inconclusive makes it inconclusive. An inconclusive time neither counts as green nor
-    resets the streak, but two passing times further apart than ``max_gap`` (default
-    ``required / 7``, i.e. two days for a 14-day soak) break it: a window nobody checked is not
-    green. The streak is also stale if the last pass is more than ``max_gap`` before ``now``.
-    """
-    now = now or datetime.now(UTC)
-    gap = max_gap if max_gap is not None else required / 7
-    by_time: dict[datetime, str] = {}
-    for run in runs:
-        prev = by_time.get(run.logical_time)
-        rank = {"fail": 2, "inconclusive": 1, "pass": 0}
-        if prev is None or rank[run.verdict] > rank[prev]:
-            by_time[run.logical_time] = run.verdict
-    points = sorted(by_time.items())
-    points = [(t, v) for t, v in points if t <= now]
-    last_run_at, last_verdict = points[-1] if points else (None, None)
-    fails = [t for t, v in points if v == "fail"]
-    last_fail = fails[-1] if fails else None
-    streak: list[datetime] = []
-    for t, v in points:
-        if last_fail is not None and t <= last_fail:
-            continue
-        if v != "pass":
-            continue
-        if streak and t - streak[-1] > gap:
-            streak = []  # an unchecked hole: start again
-        streak.append(t)
-
-    def status(green_for: timedelta, satisfied: bool, reason: str) -> SoakStatus:
-        return SoakStatus(
-            group=group,
-            required=required,
-            green_for=green_for,
-            satisfied=satisfied,
-            reason=reason,
-            green_since=streak[0] if streak else None,
-            last_run_at=last_run_at,
-            last_verdict=last_verdict,
-            last_fail_at=last_fail,
-            passing_runs=len(streak),
-            max_gap=gap,
-            missing=max(timedelta(0), required - green_for),
-        )
-
-    if not streak:
-        why = "no passing shadow run" + (
-            f" since the failure at {last_fail.isoformat()}" if last_fail else " yet"
-        )
-        return status(timedelta(0), False, why)
-    green_for = streak[-1] - streak[0]
-    if now - streak[-1] > gap:
-        return status(
-            green_for,
-            False,
-            f"the last passing run ({streak[-1].isoformat()}) is older than the allowed gap of {gap}: "
-            "run the shadow comparison again",
-        )
-    if green_for >= required:
-        return status(
-            green_for, True, f"green for {green_for} over {len(streak)} passing runs (needs {required})"
-        )
-    return status(
-        green_for,
-        False,
-        f"green for {green_for} over {len(streak)} passing runs; {required - green_for} more needed",
-    )

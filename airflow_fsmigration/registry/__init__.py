@@ -1,4 +1,6 @@
-"""The routing registry: state machine in Postgres, audit log, Redis mirror, bake gates, keep-warm.
+"""The routing registry: state machine in Postgres, audit log, Redis mirror, keep-warm checks.
+
+The gates that decide on the evidence (soak, bake, keep-warm window) are :mod:`airflow_fsmigration.gates`.
 
 Plain Python, no Airflow import: usable from the CLI when Airflow is down and from DAG tasks.
 Submodules load lazily so that importing the package costs nothing at DAG-parse time.
@@ -24,11 +26,7 @@ _LAZY = {
     "RoutingMirror": "mirror",
     "ReconcileReport": "mirror",
     "routing_key": "mirror",
-    "evaluate_bake": "gates",
     "record_metric": "gates",
-    "GateResult": "gates",
-    "Outcome": "gates",
-    "Breach": "gates",
     "check_warmth": "keepwarm",
     "warm_window_status": "keepwarm",
     "WarmCheck": "keepwarm",

@@ -24,7 +24,7 @@ from airflow_fsmigration.operators.base import PlanResources, init_base, to_json
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_fsmigration.triggers.checks import GateCheck
+    from airflow_fsmigration.gates.check import GateCheck
 
 GATE_XCOM_KEY = "gate"
 BREACH_XCOM_KEY = "breach"
@@ -200,7 +200,7 @@ class BakeSensor(FsMigrationGateSensor):
         self.windows: dict[str, str] = {}
 
     def prepare(self, context: Context) -> None:
-        from airflow_fsmigration.triggers.checks import bake_windows
+        from airflow_fsmigration.gates.bake import bake_windows
 
         self.windows = bake_windows(self.plan, self.group, self.registry, float(self.percent))  # type: ignore[arg-type]
         self.log.info("bake of %s at %s%%: %s", self.group, self.percent, self.windows)

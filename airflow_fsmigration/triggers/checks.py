@@ -2,35 +2,44 @@
 
 Plain Python over the core: no Airflow import, so the same code runs in a worker's ``poke``, in
 the triggerer (through ``sync_to_async``) and in tests. Each check opens its connections from
-libpq / Redis URLs, evaluates once and returns a :class:`GateCheck` whose status is ``pass``,
-``fail`` or ``wait``. Nothing here turns "could not tell" into a pass.
+libpq / Redis URLs, reads the evidence, and lets :mod:`airflow_fsmigration.gates` decide; it
+returns a :class:`GateCheck` whose status is ``pass``, ``fail`` or ``wait``. Nothing here turns
+"could not tell" into a pass.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from airflow_fsmigration.gates.bake import bake_decision, bake_windows, parse_time
+from airflow_fsmigration.gates.check import FAIL, PASS, WAIT, GateCheck
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan import MigrationPlan
 
+__all__ = [
+    "CUTOVER_PHASES",
+    "FAIL",
+    "PASS",
+    "WAIT",
+    "GateCheck",
+    "bake_windows",
+    "check_bake",
+    "check_keep_warm",
+    "check_soak",
+    "check_upstream",
+    "parse_time",
+    "poll_interval",
+    "utcnow",
+]
+
 log = logging.getLogger("airflow_fsmigration.triggers")
 
-PASS, FAIL, WAIT = "pass", "fail", "wait"
 CUTOVER_PHASES = ("cutover", "warm", "ready_to_decommission", "decommissioned")
-
-
-@dataclass
-class GateCheck:
-    status: str
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def poll_interval(
@@ -46,13 +55,6 @@ def poll_interval(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def parse_time(value: str | datetime | None) -> datetime | None:
-    if value is None or value == "":
-        return None
-    dt = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _pg(stack: ExitStack, url: str) -> Any:
@@ -132,34 +134,6 @@ def check_soak(
     return GateCheck(WAIT, status.get("reason") or f"shadow soak of {group} still running", status)
 
 
-def bake_windows(plan: MigrationPlan, group: str, registry: Any, step_pct: float) -> dict[str, str]:
-    """The bake window of a ramp step and the pre-ramp baseline window, from the audit log.
-
-    The bake starts when the registry recorded the step; the baseline is the ``bake``-long window
-    just before the group first left ``shadow`` (metrics with no new-store traffic at all).
-    """
-    bake = plan.settings_for(group).bake
-    state = registry.state(group)
-    if float(state.ramp_pct) != float(step_pct):
-        raise RuntimeError(
-            f"group {group} is at {state.describe()}, not at the {step_pct:g}% step this bake watches: "
-            "the ramp did not happen or another writer changed it; check the audit log"
-        )
-    bake_start = state.updated_at
-    left_shadow = None
-    for entry in reversed(registry.audit(group)):
-        if entry.from_phase is not None and entry.from_phase.value == "shadow":
-            left_shadow = entry.at
-            break
-    baseline_end = left_shadow or bake_start
-    return {
-        "bake_start": bake_start.isoformat(),
-        "bake_end": (bake_start + bake).isoformat(),
-        "baseline_start": (baseline_end - bake).isoformat(),
-        "baseline_end": baseline_end.isoformat(),
-    }
-
-
 def check_bake(
     plan: MigrationPlan,
     group: str,
@@ -169,13 +143,9 @@ def check_bake(
     inconclusive_grace: float = 0.0,
     now: datetime | None = None,
 ) -> GateCheck:
-    """Evaluate the rollback triggers over the bake so far.
-
-    A breach fails at once (no reason to keep traffic on a bad store); a pass only counts once the
-    whole bake window has elapsed; an inconclusive gate waits, and fails ``inconclusive_grace``
-    seconds after the window ended (labels never arrived: a person must look).
-    """
-    from airflow_fsmigration.registry.gates import evaluate_bake
+    """Evaluate the rollback triggers over the bake so far (see :func:`~airflow_fsmigration.gates.bake.bake_decision`)."""
+    from airflow_fsmigration.gates.bake import evaluate_bake
+    from airflow_fsmigration.serving.stats import read_window
 
     now = now or utcnow()
     start = parse_time(windows["bake_start"])
@@ -186,31 +156,20 @@ def check_bake(
             plan,
             group,
             metrics_conn=_pg(stack, urls["model_metrics"]),
-            redis_client=_redis(stack, urls["legacy_online"]),
+            read_stats=partial(read_window, _redis(stack, urls["legacy_online"])),
             bake_start=start,
             bake_end=min(now, end),
             baseline_start=parse_time(windows["baseline_start"]),  # type: ignore[arg-type]
             baseline_end=parse_time(windows["baseline_end"]),  # type: ignore[arg-type]
         )
-    details = {**result.as_dict(), "windows": windows, "checked_at": now.isoformat()}
-    outcome = result.outcome.value
-    if outcome == "fail":
-        return GateCheck(FAIL, result.summary(), details)
-    if now < end:
-        return GateCheck(
-            WAIT, f"bake of {group} runs until {end.isoformat()} ({result.outcome.value} so far)", details
-        )
-    if outcome == "pass":
-        return GateCheck(PASS, result.summary(), details)
-    if (now - end).total_seconds() >= inconclusive_grace:
-        return GateCheck(FAIL, result.summary() + " (grace period over: a person must decide)", details)
-    return GateCheck(WAIT, result.summary(), details)
+    return bake_decision(result, group, windows, now, inconclusive_grace=inconclusive_grace)
 
 
 def check_keep_warm(
     plan: MigrationPlan, group: str, urls: dict[str, str], *, now: datetime | None = None
 ) -> GateCheck:
     """Check the old store's warmth once (recorded) and whether the keep-warm window has passed."""
+    from airflow_fsmigration.gates.keepwarm import keep_warm_decision
     from airflow_fsmigration.registry.keepwarm import check_warmth, warm_window_status
 
     with ExitStack() as stack:
@@ -224,18 +183,4 @@ def check_keep_warm(
             now=now,
         )
         status = warm_window_status(plan, group, conn=registry_conn, now=now)
-    details = {"check": _as_dict(check), "window": status.as_dict()}
-    if status.passed:
-        return GateCheck(PASS, status.explain(), details)
-    if status.ended:
-        return GateCheck(FAIL, status.explain(), details)
-    return GateCheck(WAIT, f"{check.summary()}; {status.explain()}", details)
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "as_dict"):
-        return obj.as_dict()
-    try:
-        return asdict(obj)
-    except TypeError:
-        return {"repr": repr(obj)}
+    return keep_warm_decision(check, status)
