@@ -4,28 +4,39 @@ A rollback during the warm window is only safe if the old store still holds fres
 check reads the newest source time of a sample of the legacy Redis online hashes and the newest
 event time of the legacy offline history table, compares both with the group's
 ``sla.max_staleness`` and records the outcome in ``fsmig.keepwarm_checks``.
-:func:`warm_window_status` then says whether the plan's ``keep_warm`` window has ended with
-warmth verified in every day of it; the registry refuses ``ready_to_decommission`` until it has.
+:func:`warm_window_status` then reads the checks and lets :mod:`airflow_fsmigration.gates.keepwarm`
+decide whether the plan's ``keep_warm`` window has ended with warmth verified in every day of it;
+the registry refuses ``ready_to_decommission`` until it has.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.db import SCHEMA, ensure_schema
+from airflow_fsmigration.gates.keepwarm import WarmWindowStatus, warm_window
+from airflow_fsmigration.registry.audit import last_entered
 from airflow_fsmigration.semantics import decode_source_ts, key_pattern
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import MigrationPlan
 
-log = logging.getLogger("airflow_fsmigration.registry")
+__all__ = [
+    "MIGRATIONS",
+    "WarmCheck",
+    "WarmWindowStatus",
+    "check_warmth",
+    "ensure_keepwarm_schema",
+    "parse_source_ts",
+    "record_check",
+    "warm_window_status",
+]
 
-DAY = timedelta(days=1)
+log = logging.getLogger("airflow_fsmigration.registry")
 
 MIGRATIONS: tuple[str, ...] = (
     f"""CREATE TABLE "{SCHEMA}".keepwarm_checks (
@@ -84,68 +95,6 @@ class WarmCheck:
                 f"max staleness {self.max_staleness})"
             )
         return f"group '{self.group}': old store NOT verified warm: " + "; ".join(self.problems)
-
-
-@dataclass(frozen=True)
-class WarmWindowStatus:
-    """Whether the keep-warm window of a group has passed with warmth verified every day."""
-
-    group: str
-    keep_warm: timedelta
-    bucket: timedelta
-    warm_since: datetime | None
-    window_end: datetime | None
-    now: datetime
-    buckets: int = 0
-    verified: int = 0
-    unverified: tuple[tuple[datetime, datetime], ...] = ()
-    failed_checks: int = 0
-
-    @property
-    def ended(self) -> bool:
-        return self.window_end is not None and self.now >= self.window_end
-
-    @property
-    def passed(self) -> bool:
-        return self.ended and self.buckets > 0 and self.verified == self.buckets
-
-    def explain(self) -> str:
-        if self.warm_since is None:
-            return "the group has never entered the warm phase, so its keep-warm window has not started"
-        assert self.window_end is not None
-        parts = []
-        if not self.ended:
-            parts.append(
-                f"the keep-warm window ({self.keep_warm} from {_iso(self.warm_since)}) ends at "
-                f"{_iso(self.window_end)}, {self.window_end - self.now} from now"
-            )
-        missing = [(s, e) for s, e in self.unverified if s <= self.now]
-        if missing:
-            shown = ", ".join(f"[{_iso(s)}, {_iso(e)})" for s, e in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            parts.append(
-                f"warmth was not verified in {len(missing)} of {self.buckets} day(s) of the window: {shown}{more} "
-                "(each day needs a passing keep-warm check, and the day's last check must pass); "
-                "the window cannot be shortened, so fix the old store's refresh and keep checking"
-            )
-        if not parts:
-            return f"the keep-warm window passed with warmth verified in all {self.buckets} day(s)"
-        return "; ".join(parts)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "keep_warm_s": self.keep_warm.total_seconds(),
-            "bucket_s": self.bucket.total_seconds(),
-            "warm_since": _iso(self.warm_since),
-            "window_end": _iso(self.window_end),
-            "now": _iso(self.now),
-            "buckets": self.buckets,
-            "verified": self.verified,
-            "unverified": [[_iso(s), _iso(e)] for s, e in self.unverified],
-            "failed_checks": self.failed_checks,
-            "passed": self.passed,
-        }
 
 
 @dataclass
@@ -320,57 +269,20 @@ def warm_window_status(
 ) -> WarmWindowStatus:
     """Whether the group's ``keep_warm`` window has ended with warmth verified in every day of it.
 
-    The window starts when the group last entered ``warm`` (from the routing audit log) unless
-    ``warm_since`` is given. It is cut into day-sized buckets (``bucket``, default one day, never
-    longer than the window; tests use seconds); a bucket is verified when it holds a passing check
-    and its last check passed, so a store that went cold and stayed cold that day does not count.
+    Reads the evidence and lets :func:`airflow_fsmigration.gates.keepwarm.warm_window` decide. The
+    window starts when the group last entered ``warm`` (from the routing audit log) unless
+    ``warm_since`` is given; ``bucket`` is the length of one "day" (tests use seconds).
     """
     keep_warm = plan.settings_for(group).keep_warm
-    size = bucket or DAY
-    size = min(size, keep_warm) if keep_warm > timedelta(0) else size
     now = now or datetime.now(UTC)
     if warm_since is None:
-        row = conn.execute(
-            f'SELECT max(at) FROM "{SCHEMA}".routing_audit WHERE group_name = %s AND to_phase = %s',
-            (group, "warm"),
-        ).fetchone()
-        warm_since = row[0] if row else None
-    if warm_since is None:
-        return WarmWindowStatus(group, keep_warm, size, None, None, now)
-    end = warm_since + keep_warm
-    n = max(1, math.ceil(keep_warm / size)) if size > timedelta(0) else 1
-    ensure_keepwarm_schema(conn)
-    rows = conn.execute(
-        f'SELECT checked_at, passed FROM "{SCHEMA}".keepwarm_checks'
-        " WHERE group_name = %s AND checked_at >= %s AND checked_at < %s ORDER BY checked_at, id",
-        (group, warm_since, end),
-    ).fetchall()
-    any_pass = [False] * n
-    last_pass = [False] * n
-    seen = [False] * n
-    failed = 0
-    for checked_at, passed in rows:
-        i = min(n - 1, int((checked_at - warm_since) / size)) if size > timedelta(0) else 0
-        seen[i] = True
-        any_pass[i] = any_pass[i] or passed
-        last_pass[i] = passed
-        failed += 0 if passed else 1
-    unverified = []
-    verified = 0
-    for i in range(n):
-        if seen[i] and any_pass[i] and last_pass[i]:
-            verified += 1
-        else:
-            unverified.append((warm_since + i * size, min(end, warm_since + (i + 1) * size)))
-    return WarmWindowStatus(
-        group=group,
-        keep_warm=keep_warm,
-        bucket=size,
-        warm_since=warm_since,
-        window_end=end,
-        now=now,
-        buckets=n,
-        verified=verified,
-        unverified=tuple(unverified),
-        failed_checks=failed,
-    )
+        warm_since = last_entered(conn, group, "warm")
+    rows: list[tuple[datetime, bool]] = []
+    if warm_since is not None:
+        ensure_keepwarm_schema(conn)
+        rows = conn.execute(
+            f'SELECT checked_at, passed FROM "{SCHEMA}".keepwarm_checks'
+            " WHERE group_name = %s AND checked_at >= %s AND checked_at < %s ORDER BY checked_at, id",
+            (group, warm_since, warm_since + keep_warm),
+        ).fetchall()
+    return warm_window(group, keep_warm, warm_since, rows, now, bucket=bucket)
