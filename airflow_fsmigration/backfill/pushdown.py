@@ -380,4 +380,14 @@ def _select_safe(select: Any, target: Any, col: str) -> bool:
         return key_sql in keys or by_name
     if select.args.get("having") is not None:
         return False
-    return not any(_owned(select, a) for a in select.find_all(exp.AggFunc))
+    return not any(_owned(select, a) and not _window_call(a) for a in select.find_all(exp.AggFunc))
+
+
+def _window_call(agg: Any) -> bool:
+    """``count(*) OVER (...)``: an aggregate used as a window function (judged as a window)."""
+    from sqlglot import exp
+
+    parent = agg.parent
+    if isinstance(parent, exp.Filter):
+        parent = parent.parent
+    return isinstance(parent, exp.Window) and parent.this in (agg, agg.parent)
