@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,3 +218,176 @@ def test_failing_shadow_is_the_next_gate(demo_plan) -> None:
     row = next(r for r in rows if r.group == "user_session_stats")
     assert row.next_gate.startswith("shadow comparison failing (85.98% < 99.5%)")
     assert next(r for r in rows if r.group == "user_profile").next_gate.startswith("deploy the definition")
+
+
+# --- hygiene: escaping, connections, plan cache, configuration ----------------------------------
+
+
+SCRIPT = "<script>alert('x')</script>"
+
+
+@pytest.mark.unit
+def test_everything_put_into_the_page_is_escaped(demo_plan) -> None:
+    states = {"merchant_stats": _State("rolled_back", 0.0)}
+    audit = {"merchant_stats": [{"reason": f"bake breach {SCRIPT}"}]}
+    rows = gather(demo_plan, plan_path="p", states=states, audit=lambda g: audit.get(g, []))
+    page = render(demo_plan, rows, errors=[f"registry (fsmig_registry): OperationalError: {SCRIPT}"])
+    assert "<script>" not in page
+    assert page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 2
+    assert "could not read registry (fsmig_registry): OperationalError: &lt;script&gt;" in page
+
+
+@pytest.fixture
+def cockpit_env(pg_url, demo_plan, tmp_path, monkeypatch):
+    """A registry with two groups moved, the plan (a copy, so its files can be touched) configured
+    the way the DAG file reads it, and a private plan cache."""
+    from airflow_fsmigration.registry.routing import Registry
+
+    with Registry(pg_url, plan=demo_plan) as registry:
+        registry.ensure_schema()
+        registry.register_plan(demo_plan, actor="test")
+        registry.transition("merchant_stats", "shadow", actor="test", reason="shadow started")
+    plan_dir = tmp_path / "plan"
+    shutil.copytree(REPO / "include" / "demo_plan", plan_dir)
+    monkeypatch.setenv("FSMIG_PLAN", str(plan_dir))
+    monkeypatch.setenv("FSMIG_CACHE_DIR", str(tmp_path / "cache"))
+    for k, v in airflow_conn_env(demo_plan.connections.registry, pg_url).items():
+        monkeypatch.setenv(k, v)
+    return plan_dir
+
+
+def _backends(pg_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def _everyone(_dag_id: str) -> bool:
+    return True
+
+
+@contextlib.contextmanager
+def _no_connection_left_open(pg_url: str):
+    """Same number of server backends after as before, and no connection closed only by the GC
+    (psycopg warns when it finalizes an open one: CPython's refcounting would otherwise hide a
+    connection that is never closed from the backend count)."""
+    before = _backends(pg_url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaked = [str(w.message) for w in caught if "deleted while still open" in str(w.message)]
+    assert leaked == []
+    assert _backends(pg_url) == before
+
+
+@pytest.mark.integration
+def test_cockpit_closes_every_connection_it_opens(cockpit_env, pg_url) -> None:
+    from airflow_fsmigration.plugins.cockpit import cockpit_page
+
+    with _no_connection_left_open(pg_url):
+        for _ in range(3):
+            status, page = cockpit_page(None, authorized=_everyone)
+            assert status == 200 and "merchant_stats" in page and "could not read" not in page
+
+
+@pytest.mark.integration
+def test_exception_text_from_the_registry_is_escaped(cockpit_env, pg_url, monkeypatch) -> None:
+    from airflow_fsmigration.plugins.cockpit import cockpit_page
+    from airflow_fsmigration.registry.routing import Registry
+
+    def broken(self, plan_name=None):
+        raise RuntimeError(f"registry exploded: {SCRIPT}")
+
+    monkeypatch.setattr(Registry, "states", broken)
+    with _no_connection_left_open(pg_url):
+        status, page = cockpit_page(None, authorized=_everyone)
+    assert status == 200
+    assert "<script>" not in page and "registry exploded: &lt;script&gt;" in page
+
+
+@pytest.mark.integration
+def test_plan_is_loaded_once_until_its_files_change(cockpit_env, monkeypatch) -> None:
+    from airflow_fsmigration.plan import loader
+    from airflow_fsmigration.plugins.cockpit import cockpit_page
+
+    loads: list[str] = []
+    real = loader.load_plan
+
+    def counting(path, *a, **k):
+        loads.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(loader, "load_plan", counting)
+    for _ in range(3):
+        assert cockpit_page(None, authorized=_everyone)[0] == 200
+    assert len(loads) == 1
+    plan_file = cockpit_env / "plan.yaml"
+    st = plan_file.stat()
+    os.utime(plan_file, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert cockpit_page(None, authorized=_everyone)[0] == 200
+    assert cockpit_page(None, authorized=_everyone)[0] == 200
+    assert len(loads) == 2
+
+
+@pytest.mark.unit
+def test_unconfigured_plan_path_says_so(monkeypatch) -> None:
+    from airflow_fsmigration.plugins.cockpit import cockpit_page
+
+    monkeypatch.delenv("FSMIG_PLAN", raising=False)
+    status, page = cockpit_page(None, authorized=_everyone)
+    assert status == 503
+    assert "FSMIG_PLAN" in page and "no plan" in page
+
+
+@pytest.fixture
+def cockpit_client(monkeypatch):
+    """The plugin's FastAPI app in process: every user may read every DAG."""
+    import airflow.api_fastapi.app as api_app
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+
+    from airflow_fsmigration.plugins.cockpit import create_app
+
+    class _Everyone:
+        def is_authorized_dag(self, **_kw):
+            return True
+
+    monkeypatch.setattr(api_app, "get_auth_manager", lambda: _Everyone())
+    app = create_app()
+    app.dependency_overrides[get_user] = lambda: None
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.mark.integration
+def test_cockpit_route_escapes_closes_and_caches(cockpit_env, cockpit_client, pg_url, monkeypatch) -> None:
+    from airflow_fsmigration.plan import loader
+    from airflow_fsmigration.registry.routing import Registry
+
+    loads: list[str] = []
+    real = loader.load_plan
+    monkeypatch.setattr(
+        loader, "load_plan", lambda path, *a, **k: loads.append(str(path)) or real(path, *a, **k)
+    )
+    with _no_connection_left_open(pg_url):
+        for _ in range(2):
+            ok = cockpit_client.get("/cockpit")
+            assert ok.status_code == 200 and "merchant_stats" in ok.text
+        assert cockpit_client.get("/cockpit.json").json()["errors"] == []
+    assert len(loads) == 1
+
+    def broken(self, plan_name=None):
+        raise RuntimeError(f"registry exploded: {SCRIPT}")
+
+    monkeypatch.setattr(Registry, "states", broken)
+    with _no_connection_left_open(pg_url):
+        bad = cockpit_client.get("/cockpit")
+    assert bad.status_code == 200
+    assert "<script>" not in bad.text and "registry exploded: &lt;script&gt;" in bad.text
+    monkeypatch.delenv("FSMIG_PLAN")
+    assert cockpit_client.get("/cockpit").status_code == 503
+    assert "FSMIG_PLAN" in cockpit_client.get("/cockpit.json").json()["detail"]

@@ -205,8 +205,13 @@ def render(
     dag_url: Callable[[str], str] = lambda dag_id: f"/dags/{dag_id}",
     report_url: Callable[[str], str | None] = lambda group: None,
     now: datetime | None = None,
+    errors: Sequence[str] = (),
 ) -> str:
-    """The cockpit page as self-contained HTML."""
+    """The cockpit page as self-contained HTML.
+
+    Every value from outside (group names, audit reasons, ``errors`` such as exception text) is
+    escaped by :mod:`markupsafe`; only the helpers' own markup is trusted.
+    """
     from airflow_fsmigration.reports import html
 
     now = now or datetime.now(UTC)
@@ -266,7 +271,8 @@ def render(
                 runbook,
             ]
         )
-    content = html.section(
+    warnings = Markup("").join(html.paragraph(f"could not read {e}", kind="bad") for e in errors)
+    content = warnings + html.section(
         f"{len(rows)} feature groups: {summary}",
         html.table(header, body),
         html.paragraph(
@@ -277,6 +283,19 @@ def render(
     return str(
         html.page(
             f"Migration cockpit: {plan.name}", content, subtitle=plan.description or None, generated_at=now
+        )
+    )
+
+
+def render_unconfigured(message: str, *, now: datetime | None = None) -> str:
+    """The page shown when the cockpit has no plan to show (escaped like every other page)."""
+    from airflow_fsmigration.reports import html
+
+    return str(
+        html.page(
+            "Migration cockpit: no plan configured",
+            html.paragraph(message, kind="bad"),
+            generated_at=now or datetime.now(UTC),
         )
     )
 
