@@ -119,24 +119,35 @@ class LegacyRedisBackend:
             raws = pipe.execute()
         out: Rows = {}
         for entity_id, raw in zip(entity_ids, raws, strict=True):
-            if not raw:
-                continue
-            row: dict[str, Any] = {}
-            bad: list[str] | None = None
-            for field, name, decode in decoders:
-                value = raw.get(field)
-                if value is None:
-                    row[name] = None
-                    continue
-                decoded = decode(value)
-                if decoded is UNDECODABLE:
-                    row[name] = None
-                    self._bad_value(group, name, entity_id, value)
-                    bad = [*(bad or ()), name]
-                else:
-                    row[name] = decoded
-            out[entity_id] = row if bad is None else UndecodableRow(row, frozenset(bad))
+            if raw:
+                out[entity_id] = self.decode_row(group, entity_id, raw, decoders)
         return out
+
+    def decode_row(
+        self,
+        group: str,
+        entity_id: str,
+        raw: dict[bytes, bytes],
+        decoders: list[tuple[bytes, str, Callable[[bytes | str], Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """One entity's hash (field -> raw value) as a served row; a bad value is a counted null."""
+        if decoders is None:
+            decoders = self._spec(group)[2]
+        row: dict[str, Any] = {}
+        bad: list[str] | None = None
+        for field, name, decode in decoders:
+            value = raw.get(field)
+            if value is None:
+                row[name] = None
+                continue
+            decoded = decode(value)
+            if decoded is UNDECODABLE:
+                row[name] = None
+                self._bad_value(group, name, entity_id, value)
+                bad = [*(bad or ()), name]
+            else:
+                row[name] = decoded
+        return row if bad is None else UndecodableRow(row, frozenset(bad))
 
     def _bad_value(self, group: str, feature: str, entity_id: str, value: bytes) -> None:
         self.decode_errors += 1

@@ -52,7 +52,8 @@ log = logging.getLogger("airflow_fsmigration.stores")
 _WS = " \t\r\n"
 _JSON_PLAIN = r'^"[^"\\\x00-\x1f]*"$'
 _INT_ZERO_FRACTION = r"^-?[0-9]{1,18}\.0*$"
-_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_INT_PLAIN = r"^-?[0-9]{1,18}$"
+_FLOAT = r"^[+-]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?|(?i:nan|inf|infinity))$"
 _ISO = r"^(19|2[0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
 _ISO_AWARE = _ISO + r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 _ISO_NAIVE = _ISO + r"$"
@@ -196,28 +197,25 @@ def _cast_or_none(text: pa.Array, target: pa.DataType) -> pa.Array | None:
 
 
 def _fast_int(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Plain and ``.0``-suffixed decimals (Arrow's own cast also takes ``0x10``: gate it)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    direct = _cast_or_none(text, pa.int64())
-    if direct is not None:
-        return direct, _mask(text.is_valid())
-    plain = _matches(text, r"^-?[0-9]{1,18}$")
+    plain = _matches(text, _INT_PLAIN)
+    if plain.all():
+        return text.cast(pa.int64()), plain
     zero_fraction = _matches(text, _INT_ZERO_FRACTION)
-    stripped = pc.replace_substring_regex(text, r"\.0*$", "")
     decided = plain | zero_fraction
-    values = _only(stripped, decided).cast(pa.int64())
-    return values, decided
+    if zero_fraction.any():
+        text = pc.replace_substring_regex(text, r"\.0*$", "")
+    return _only(text, decided).cast(pa.int64()), decided
 
 
 def _fast_float(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
     import pyarrow as pa
 
-    direct = _cast_or_none(text, pa.float64())
-    if direct is not None:
-        return direct, _mask(text.is_valid())
-    decided = _matches(text, _DECIMAL)
-    values = _cast_or_none(_only(text, decided), pa.float64())
+    decided = _matches(text, _FLOAT)
+    values = _cast_or_none(text if decided.all() else _only(text, decided), pa.float64())
     if values is None:
         return pa.nulls(len(text), pa.float64()), decided & False
     return values, decided
