@@ -86,7 +86,24 @@ ints = st.one_of(st.sampled_from(INT_EDGES), st.integers(-(2**63), 2**63 - 1), s
 floats = st.floats(allow_nan=True, allow_infinity=True)
 times = st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2199, 12, 30))
 BOOL_WORDS = ["1", "0", "true", "false", "t", "f", "yes", "no", "y", "n", "on", "2", "tru"]
-JUNK = [b"", b" ", b"forty-two", b"42.5", b"1_000", b"nan", b"-", b"\xff\xfe", b"null", b'"', b'"x', b"0x10"]
+JUNK = [
+    b"",
+    b" ",
+    b"forty-two",
+    b"42.5",
+    b"1_000",
+    b"nan",
+    b"-",
+    b"\xff\xfe",
+    b"null",
+    b'"',
+    b'"x',
+    b"0x10",
+    b"nan(1)",
+    b"1e",
+    b".",
+    b"23:59:60",
+]
 
 
 @st.composite
@@ -130,6 +147,9 @@ def ts_text(draw: st.DrawFn) -> str:
                 str(int(epoch)),
                 str(int(epoch * 1000)),
                 t.isoformat() + "junk",
+                aware.isoformat(timespec="hours").replace("+00:00", "Z"),
+                aware.isoformat().replace("T", "t"),
+                t.isoformat() + ".1234567",
             ]
         )
     )
