@@ -344,6 +344,43 @@ def test_shadow_sampling_counts_matches_and_mismatches(demo_plan, redis_client, 
 
 
 @pytest.mark.integration
+def test_shadow_comparison_decodes_and_judges_like_the_comparator(demo_plan, redis_client, pg_url):
+    """ "1.0" and "f" are the old values 1 and False; an undecodable one differs; int tolerances apply.
+
+    Fails on the old code: "1.0" and "f" did not decode in the json encoding (served as null and
+    counted as mismatches), and an int64 feature's atol was ignored.
+    """
+    g = demo_plan.groups[GROUP]
+    features = tuple(
+        f.model_copy(update={"atol": 1.0}) if f.name == "device_count_30d" else f for f in g.features
+    )
+    plan = demo_plan.model_copy(
+        update={"groups": {**demo_plan.groups, GROUP: g.model_copy(update={"features": features})}}
+    )
+    ids = seed_stores(plan, redis_client, pg_url, 12, new_kyc=OLD_KYC)
+    key = g.legacy_online.key_template.format
+    redis_client.hset(key(entity=ids[0]), "kyc_level", "1.0")
+    redis_client.hset(key(entity=ids[1]), "is_verified", "f")  # new store: False (odd index)
+    redis_client.hset(key(entity=ids[2]), "kyc_level", "junk")
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # within device_count_30d's atol of 1
+        conn.execute("UPDATE features.user_profile SET device_count_30d = 4 WHERE user_id = %s", (ids[3],))
+    with make_router(
+        plan, redis_client, pg_url, shadow_rate=1.0, shadow_max_per_s=1000, listen=False
+    ) as router:
+        rows = router.get_features(GROUP, ids)
+        assert (rows[ids[0]]["kyc_level"], rows[ids[1]]["is_verified"], rows[ids[2]]["kyc_level"]) == (
+            1,
+            False,
+            None,
+        )
+        assert router.old.decode_errors == 1
+        deadline = time.monotonic() + 5
+        while router.shadow_compared < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (router.shadow_compared, router.shadow_mismatched) == (12, 1)
+
+
+@pytest.mark.integration
 def test_shadow_rate_limit(demo_plan, redis_client, pg_url):
     ids = seed_stores(demo_plan, redis_client, pg_url, 5, new_kyc=OLD_KYC)
     with make_router(
