@@ -164,3 +164,21 @@ def test_filter_stops_where_a_consumer_crosses_entities(demo_plan, tmp_path, bod
     plan = _plan_with(demo_plan, tmp_path, body)
     pushed = replay.entity_filtered_sql(plan, GROUP, "L.ts", "L.e")
     assert pushed.count("= L.e") == filters + 1, pushed
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", ["share_of_total", "same_key_join"])
+def test_auto_spine_backfill_equals_full_evaluation(demo_plan, tmp_path, labels, case):
+    """End to end: ``auto`` evaluates per timestamp when the filter reaches no table, else per label."""
+    from airflow_fsmigration.backfill.pushdown import filter_reaches_tables
+
+    plan = _plan_with(demo_plan, tmp_path, CASES[case][0])
+    assert filter_reaches_tables(plan, GROUP) is (case == "same_key_join")
+    conn = labels
+    res = replay.run_backfill(plan, GROUP, conn, conn, spine="public.labels", check_retention=False)
+    feats = ", ".join(plan.groups[GROUP].feature_names)
+    got = conn.execute(
+        f"SELECT label_ts, user_id, {feats} FROM {res.output_table} WHERE run_id = %s ORDER BY 1, 2",
+        (res.run_id,),
+    ).fetchall()
+    assert [tuple(r) for r in got] == _reference(conn, plan)

@@ -54,6 +54,28 @@ def pushdown_targets(tree: Any, key: str) -> list[tuple[Any, Any]]:
     return _Pushdown(tree).run(key)
 
 
+def filter_reaches_tables(plan: MigrationPlan, group: str) -> bool:
+    """Whether the entity filter lands on a SELECT that reads a table (so an index can serve a label).
+
+    When it does not (the definition computes across entities at its top), a per-label evaluation
+    computes the whole definition once per label, and one evaluation per timestamp is far cheaper.
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    from airflow_fsmigration.plan.definitions import render_as_of
+
+    text = render_as_of(plan, group, param=AS_OF_MARK)
+    tree = sqlglot.parse_one(text.replace("%%", "%").replace(AS_OF_MARK, _AS_OF_LITERAL), read="postgres")
+    analysis = _Pushdown(tree)
+    targets = analysis.run(plan.groups[group].entity_key)
+    for select, _ in targets:
+        for node in (_sources(select) or {}).values():
+            if isinstance(node, exp.Table) and id(node) not in analysis.cte_of:
+                return True
+    return False
+
+
 def _norm(ident: Any) -> str:
     """Postgres folds unquoted identifiers to lower case."""
     from sqlglot import exp

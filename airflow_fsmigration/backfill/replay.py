@@ -55,6 +55,7 @@ from airflow_fsmigration.backfill.checkpoints import (
     release_run,
     shares_database,
 )
+from airflow_fsmigration.backfill.pushdown import filter_reaches_tables
 from airflow_fsmigration.backfill.retention import (
     RetentionGapError,
     RetentionReport,
@@ -237,6 +238,12 @@ def _write_chunk(
         chosen = strategy or run.params.get("strategy", "auto")
         if chosen == "auto":
             chosen = _pick_strategy(conn, spine, chunk)
+            if chosen == "lateral" and not filter_reaches_tables(plan, run.group):
+                # nothing the label's entity can filter: each label would compute every entity
+                log.info(
+                    "backfill %s: entity filter cannot be pushed down; one evaluation per time", run.group
+                )
+                chosen = "per_timestamp"
         if chosen == "lateral":
             # Memoize caches per (entity, time) key, which almost never repeats in a spine:
             # measured 4-5x slower per label than a plain rescan of the entity's index range
