@@ -320,8 +320,8 @@ def decoder(dtype: str, encoding: str = "string") -> Callable[[bytes | str], Any
     dt = str(dtype)
 
     def decode_json(raw: bytes | str) -> Any:
-        if raw[:1] not in (b'"', '"'):  # a JSON number or literal is its own text
-            return None if raw in (b"null", "null") else text(raw)
+        if type(raw) is bytes and raw[:1] != b'"':  # a JSON number or literal is its own text
+            return None if raw == b"null" else text(raw)
         return decode_value(raw, dt, "json")
 
     return decode_json
