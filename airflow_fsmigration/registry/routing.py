@@ -218,7 +218,7 @@ class Registry:
         """Move ``group`` to ``to_phase`` if the state machine allows it; return the new state.
 
         :param soak_passed: evidence from the caller that the shadow soak passed, required to leave
-            ``shadow``: True, or the group's ``SoakStatus`` from ``airflow_fsmigration.compare.results``
+            ``shadow``: True, or the group's ``SoakStatus`` from ``airflow_fsmigration.gates.soak``
             (its ``satisfied`` decides, and it is stored with the audit row).
         :param expected_version: apply only on top of this version, else raise
             :class:`VersionConflict`. Without it, a lost race re-reads and re-checks (bounded).
@@ -239,7 +239,7 @@ class Registry:
         ev = dict(evidence or {})
         soak_why = ""
         if soak_passed is not None and not isinstance(soak_passed, bool):
-            # A SoakStatus from airflow_fsmigration.compare.results (duck-typed: no import cycle).
+            # A SoakStatus from airflow_fsmigration.gates.soak (duck-typed: the registry does not import gates).
             soak_group = getattr(soak_passed, "group", group)
             if soak_group != group:
                 raise ValueError(f"group '{group}': the soak evidence passed is for group '{soak_group}'")
