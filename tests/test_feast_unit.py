@@ -16,6 +16,7 @@ import pytest
 
 from airflow_fsmigration import feast_draft as fdr
 from airflow_fsmigration import feast_import as fi
+from airflow_fsmigration.stores import feast_codec as fc
 from airflow_fsmigration.stores import feast_online as fo
 
 pytestmark = pytest.mark.unit
@@ -67,7 +68,7 @@ def enc(**kwargs) -> bytes:
 def test_integers_including_negative_int32_and_extremes():
     ints = [0, 1, -1, 127, 128, 300, -300, 2**31 - 1, -(2**31), 2**62, 2**63 - 1, -(2**63)]
     raw = [enc(int64_val=v) for v in ints] + [enc(int32_val=v) for v in (5, -5, -(2**31))]
-    out = fo.decode_values(raw, "int64")
+    out = fc.decode_values(raw, "int64")
     assert out.to_pylist() == [*ints, 5, -5, -(2**31)]
 
 
@@ -79,44 +80,44 @@ def test_floats_doubles_and_ints_into_float64():
         enc(int64_val=-7),
         enc(double_val=math.inf),
     ]
-    out = fo.decode_values(raw, "float64").to_pylist()
+    out = fc.decode_values(raw, "float64").to_pylist()
     assert out[0] == 0.1
     assert out[1] == struct.unpack("<f", struct.pack("<f", 0.1))[0]  # float32, exactly as Feast returns it
     assert out[2:] == [-1e300, -7.0, math.inf]
-    assert math.isnan(fo.decode_values([enc(double_val=math.nan)], "float64")[0].as_py())
+    assert math.isnan(fc.decode_values([enc(double_val=math.nan)], "float64")[0].as_py())
 
 
 def test_nulls_absent_fields_and_null_val_are_arrow_nulls():
     raw = [None, b"", enc(null_val=0), enc(int64_val=3)]
-    assert fo.decode_values(raw, "int64").to_pylist() == [None, None, None, 3]
-    assert fo.decode_values([None, b"", enc(string_val="x")], "string").to_pylist() == [None, None, "x"]
+    assert fc.decode_values(raw, "int64").to_pylist() == [None, None, None, 3]
+    assert fc.decode_values([None, b"", enc(string_val="x")], "string").to_pylist() == [None, None, "x"]
 
 
 def test_strings_short_long_unicode_and_json():
     long = "ü" * 300  # a two-byte length varint
     raw = [enc(string_val=""), enc(string_val="Lisbon"), enc(string_val=long), enc(json_val='{"a": 1}')]
     raw.append(enc(uuid_val="0b1c"))
-    assert fo.decode_values(raw, "string").to_pylist() == ["", "Lisbon", long, '{"a": 1}', "0b1c"]
+    assert fc.decode_values(raw, "string").to_pylist() == ["", "Lisbon", long, '{"a": 1}', "0b1c"]
 
 
 def test_bools_and_unix_timestamps():
-    assert fo.decode_values([enc(bool_val=True), enc(bool_val=False), None], "bool").to_pylist() == [
+    assert fc.decode_values([enc(bool_val=True), enc(bool_val=False), None], "bool").to_pylist() == [
         True,
         False,
         None,
     ]
     when = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
-    raw = [enc(unix_timestamp_val=int(when.timestamp())), enc(unix_timestamp_val=fo.NULL_TIMESTAMP_INT)]
-    assert fo.decode_values(raw, "timestamp").to_pylist() == [when, None]
+    raw = [enc(unix_timestamp_val=int(when.timestamp())), enc(unix_timestamp_val=fc.NULL_TIMESTAMP_INT)]
+    assert fc.decode_values(raw, "timestamp").to_pylist() == [when, None]
 
 
 def test_wrong_or_unsupported_types_raise_naming_the_feature():
     with pytest.raises(ValueError, match=r"feature 'x'.*int64_list_val|field 14"):
-        fo.decode_values([enc(int64_list_val={"val": [1, 2]})], "int64", what="feature 'x'")
+        fc.decode_values([enc(int64_list_val={"val": [1, 2]})], "int64", what="feature 'x'")
     with pytest.raises(ValueError, match="string_val, which a int64 column cannot hold"):
-        fo.decode_values([enc(int64_val=1), enc(string_val="a")], "int64")
+        fc.decode_values([enc(int64_val=1), enc(string_val="a")], "int64")
     with pytest.raises(ValueError, match="not a single scalar"):
-        fo.decode_values([enc(int64_val=1) + b"\x00"], "int64")
+        fc.decode_values([enc(int64_val=1) + b"\x00"], "int64")
 
 
 def test_event_timestamps_from_protobuf_timestamp():
@@ -129,7 +130,7 @@ def test_event_timestamps_from_protobuf_timestamp():
         ts.FromDatetime(t)
         raw.append(ts.SerializeToString())
     raw += [Timestamp().SerializeToString(), None]
-    out, found = fo.decode_timestamps(raw)
+    out, found = fc.decode_timestamps(raw)
     assert out.to_pylist() == [*times, datetime(1970, 1, 1, tzinfo=UTC), None]
     assert found.tolist() == [True, True, True, False]
 
@@ -151,9 +152,9 @@ def test_entity_keys_follow_feasts_v3_serialization():
         + struct.pack("<q", 1001)
         + b"proj"
     )
-    assert fo.redis_keys(_view("INT64"), "proj", ["1001"]) == [expected]
-    assert fo.parse_redis_key(_view("INT64"), "proj", expected) == "1001"
-    assert fo.parse_redis_key(_view("INT64"), "other", expected) is None
+    assert fc.redis_keys(_view("INT64"), "proj", ["1001"]) == [expected]
+    assert fc.parse_redis_key(_view("INT64"), "proj", expected) == "1001"
+    assert fc.parse_redis_key(_view("INT64"), "other", expected) is None
     s_expected = (
         struct.pack("<IIII", 1, 2, 11, 0)[:12]
         + b"customer_id"
@@ -161,7 +162,7 @@ def test_entity_keys_follow_feasts_v3_serialization():
         + "cü".encode()
         + b"p"
     )
-    assert fo.redis_keys(_view("STRING"), "p", ["cü"]) == [s_expected]
+    assert fc.redis_keys(_view("STRING"), "p", ["cü"]) == [s_expected]
 
 
 @pytest.mark.parametrize(
@@ -170,15 +171,15 @@ def test_entity_keys_follow_feasts_v3_serialization():
 )
 def test_vectorised_keys_equal_the_reference(key_type, ids):
     view = _view(key_type)
-    assert fo.redis_key_array(view, "proj", pa.array(ids)).to_pylist() == fo.redis_keys(view, "proj", ids)
-    for key, entity in zip(fo.redis_keys(view, "proj", ids), ids, strict=True):
-        assert fo.parse_redis_key(view, "proj", key) == entity
+    assert fc.redis_key_array(view, "proj", pa.array(ids)).to_pylist() == fc.redis_keys(view, "proj", ids)
+    for key, entity in zip(fc.redis_keys(view, "proj", ids), ids, strict=True):
+        assert fc.parse_redis_key(view, "proj", key) == entity
 
 
 def test_feature_fields_are_feasts_murmur3():
     import mmh3
 
-    field = fo.mmh3_field("driver_hourly_stats", "conv_rate")
+    field = fc.mmh3_field("driver_hourly_stats", "conv_rate")
     assert len(field) == 4
     assert struct.unpack("<I", field)[0] == mmh3.hash("driver_hourly_stats:conv_rate", signed=False)
 
