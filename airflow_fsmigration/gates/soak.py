@@ -163,12 +163,7 @@ def soak_from_runs(
     """
     now = now or datetime.now(UTC)
     gap = max_gap if max_gap is not None else required / 7
-    counted = [
-        r
-        for r in runs
-        if since is None
-        or (r.logical_time >= since and (getattr(r, "recorded_at", None) is None or r.recorded_at >= since))
-    ]
+    counted = [r for r in runs if since is None or _at_or_after(r, since)]
     points = [(t, v, why) for t, v, why in time_verdicts(counted) if t <= now]
     last_run_at, last_verdict = (points[-1][0], points[-1][1]) if points else (None, None)
     fails = [t for t, v, _ in points if v == FAIL]
@@ -238,3 +233,14 @@ def soak_from_runs(
         False,
         f"green for {green_for} over {len(streak)} passing runs{after}; {required - green_for} more needed",
     )
+
+
+def _at_or_after(run: Any, since: datetime) -> bool:
+    """Whether ``run`` was recorded after the group entered shadow.
+
+    The recording time decides, not the logical time: a DAG run's logical time is its start,
+    which comes before its own ``schema_parity`` task moves the group into shadow, yet its
+    comparisons are fresh evidence. Runs recorded without a time fall back to the logical time.
+    """
+    recorded = getattr(run, "recorded_at", None)
+    return bool((recorded if recorded is not None else run.logical_time) >= since)
