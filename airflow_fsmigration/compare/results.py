@@ -112,7 +112,8 @@ class ResultStore:
             self.conn.execute(
                 f'INSERT INTO "{SCHEMA}".shadow_runs (run_id, group_name, logical_time, shard, verdict, threshold,'
                 " match_rate, entities_requested, entities_compared, feature_rates, explanations, result,"
-                " started_at, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " started_at, finished_at, recorded_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, pg_catalog.clock_timestamp())",
                 (
                     result.run_id,
                     result.group,

@@ -236,11 +236,12 @@ def soak_from_runs(
 
 
 def _at_or_after(run: Any, since: datetime) -> bool:
-    """Whether ``run`` was recorded after the group entered shadow.
+    """Whether ``run`` compared the stores as of, and was recorded, after the group entered shadow.
 
-    The recording time decides, not the logical time: a DAG run's logical time is its start,
-    which comes before its own ``schema_parity`` task moves the group into shadow, yet its
-    comparisons are fresh evidence. Runs recorded without a time fall back to the logical time.
+    Both times must be after ``since``: an old logical time recorded late is no fresh evidence,
+    and neither is a comparison recorded before the rollback. ``recorded_at`` is written with
+    ``clock_timestamp()``, the clock of the registry's audit log, never ``now()``, which is the
+    transaction's start and which the demo's frozen event clock replaces.
     """
     recorded = getattr(run, "recorded_at", None)
-    return bool((recorded if recorded is not None else run.logical_time) >= since)
+    return bool(run.logical_time >= since and (recorded is None or recorded >= since))

@@ -192,7 +192,7 @@ class Registry:
                             )
                         continue
                     state = _state(row)
-                    self._insert_audit(
+                    _audit.insert_audit(
                         conn, state, None, actor=actor, reason=f"registered by plan {plan.name}", dag_run=None
                     )
                     added.append(state)
@@ -268,7 +268,7 @@ class Registry:
                     ).fetchone()
                     if row is not None:
                         state = _state(row)
-                        self._insert_audit(
+                        _audit.insert_audit(
                             conn, state, current, actor=actor, reason=reason, dag_run=dag_run, evidence=ev
                         )
             if row is not None:
@@ -402,7 +402,7 @@ class Registry:
                     (target.value, pct, backend_for(pct).value, actor, group),
                 ).fetchone()
                 state = _state(row)
-                self._insert_audit(
+                _audit.insert_audit(
                     conn, state, current, actor=actor, reason=reason, dag_run=dag_run, evidence=evidence
                 )
         log.warning(
@@ -447,21 +447,6 @@ class Registry:
         if not status.passed:
             raise IllegalTransition(current.group, current, "ready_to_decommission", status.explain())
         return status.as_dict()
-
-    def _insert_audit(
-        self,
-        conn: Any,
-        state: RoutingState,
-        before: RoutingState | None,
-        *,
-        actor: str,
-        reason: str,
-        dag_run: DagRunLike,
-        evidence: Mapping[str, Any] | None = None,
-    ) -> None:
-        _audit.insert_audit(
-            conn, state, before, actor=actor, reason=reason, dag_run=dag_run, evidence=evidence
-        )
 
     def _publish(self, state: RoutingState) -> None:
         if self.mirror is not None:
