@@ -42,6 +42,7 @@ itself. Booleans and strings: exact.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -91,6 +92,7 @@ UNDECODABLE: Final = Undecodable()
 # --------------------------------------------------------------------------- keys
 
 
+@functools.lru_cache(maxsize=256)
 def key_affixes(template: str) -> tuple[str, str]:
     """``(prefix, suffix)`` of a key template: a key is ``prefix + entity_id + suffix``.
 

@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from airflow_fsmigration.semantics import format_key
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 GROUP = "user_profile"
@@ -47,7 +49,7 @@ def seed(redis_client, pg_url: str, plan, n: int) -> list[str]:
     pipe = redis_client.pipeline(transaction=False)
     for i, e in enumerate(ids):
         pipe.hset(
-            template.replace("{entity}", e),
+            format_key(template, e),
             mapping={
                 "account_age_days": str(i % 3000),
                 "country": json.dumps("DE"),
@@ -214,7 +216,7 @@ def bench_lookup(
     template = plan.groups[GROUP].legacy_online.key_template
     rng = random.Random(7)
     sample = [rng.choice(ids) for _ in range(lookups)]
-    keys = [template.replace("{entity}", e) for e in sample]
+    keys = [format_key(template, e) for e in sample]
     results: dict[str, list[float]] = {
         "raw HGETALL": [],
         "backend read (HGETALL + decode)": [],

@@ -107,7 +107,7 @@ def serving_feed(world, *, auc_drop_after: tuple[str, float] | None = None, inte
     """
     import psycopg
 
-    from airflow_fsmigration.registry.gates import AUC, record_metric
+    from airflow_fsmigration.gates.metrics import AUC, record_metric
     from airflow_fsmigration.serving.stats import StatsRecorder
 
     plan = world["plan"]

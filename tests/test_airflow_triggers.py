@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_fsmigration.semantics import format_key
 from airflow_fsmigration.triggers.gates import BakeTrigger, KeepWarmTrigger, ShadowSoakTrigger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,7 +186,7 @@ def test_keep_warm_trigger_checks_warmth_until_the_window_passed(seconds_plan, p
     g = plan.groups[GROUP]
     # a warm old store: fresh online hash and a fresh offline history row
     redis_client.hset(
-        g.legacy_online.key_template.replace("{entity}", "m1"),
+        format_key(g.legacy_online.key_template, "m1"),
         mapping={"_ts": str(int(datetime.now(UTC).timestamp()))},
     )
     schema, table = g.legacy_offline.table.split(".")

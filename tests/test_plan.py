@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -266,3 +267,14 @@ def test_draft_stub_definition_is_named(tmp_path: Path) -> None:
     [issue] = exc.value.issues
     assert issue.path == "groups.merchant_stats.definition"
     assert "merchant_stats.sql is still a draft stub (TODO(fsmigrate))" in issue.message
+
+
+@pytest.mark.unit
+def test_key_template_is_validated_with_the_meaning_readers_use() -> None:
+    """Escaped braces are literal; a template whose only {entity} is escaped is rejected at load."""
+    from airflow_fsmigration.plan.model import LegacyOnline
+
+    assert LegacyOnline(key_template="fs:{{v2}}:{entity}").key_template == "fs:{{v2}}:{entity}"
+    for bad, says in (("fs:{{entity}}", "exactly once, found 0"), ("fs:{entity}:{x}", "found '{x}'")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            LegacyOnline(key_template=bad)

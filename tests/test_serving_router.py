@@ -15,6 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from airflow_fsmigration.semantics import format_key
 from airflow_fsmigration.serving.backends import LegacyRedisBackend, PostgresBackend
 from airflow_fsmigration.serving.bucketing import bucket_of, routes_to_new, threshold_for
 from airflow_fsmigration.serving.router import FeatureRouter, ServingError
@@ -32,7 +33,7 @@ def seed_stores(plan, redis_client, pg_url: str, n: int, *, new_kyc: int = NEW_K
     pipe = redis_client.pipeline(transaction=False)
     for i, e in enumerate(ids):
         pipe.hset(
-            template.replace("{entity}", e),
+            format_key(template, e),
             mapping={
                 "account_age_days": json.dumps(i),
                 "country": json.dumps("DE"),

@@ -200,10 +200,12 @@ class LegacyOnline(_Strict):
     @field_validator("key_template")
     @classmethod
     def _has_entity(cls, value: str) -> str:
-        if "{entity}" not in value:
-            raise ValueError(
-                f"key_template {value!r} must contain '{{entity}}', e.g. 'user_stats:{{entity}}'"
-            )
+        from airflow_fsmigration.semantics import key_affixes  # the one meaning of a template
+
+        try:
+            key_affixes(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, e.g. 'user_stats:{{entity}}'") from None
         return value
 
 

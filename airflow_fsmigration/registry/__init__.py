@@ -26,7 +26,6 @@ _LAZY = {
     "RoutingMirror": "mirror",
     "ReconcileReport": "mirror",
     "routing_key": "mirror",
-    "record_metric": "gates",
     "check_warmth": "keepwarm",
     "warm_window_status": "keepwarm",
     "WarmCheck": "keepwarm",

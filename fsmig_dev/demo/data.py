@@ -871,7 +871,7 @@ def write_model_metrics(
     """
     import random
 
-    from airflow_fsmigration.registry.gates import AUC, PRECISION, ensure_metrics_schema
+    from airflow_fsmigration.gates.metrics import AUC, PRECISION, ensure_metrics_schema
 
     ensure_metrics_schema(conn)
     rng = random.Random(seed)

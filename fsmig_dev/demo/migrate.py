@@ -275,7 +275,7 @@ class ServingFeed:
     def _run(self) -> None:
         import psycopg
 
-        from airflow_fsmigration.registry.gates import AUC, ensure_metrics_schema, record_metric
+        from airflow_fsmigration.gates.metrics import AUC, ensure_metrics_schema, record_metric
         from airflow_fsmigration.serving.router import build_router
 
         try:
