@@ -219,6 +219,21 @@ def test_lag_excuses_only_deltas_consistent_with_the_lag():
 
 
 @pytest.mark.unit
+def test_a_shifted_time_column_is_not_lag_even_within_a_wide_sla():
+    """Every new source time 5 h behind the old one is a defect (was: all of it excused as lag)."""
+    g = make_group([{"name": "clicks_24h", "dtype": "int64"}], staleness="49h")
+    ids = [f"u{i}" for i in range(20)]
+    last = [T0 - timedelta(hours=i) for i in range(20)]  # each user's last click, one an hour
+    old = frame(g, entity_id=ids, clicks_24h=[10] * 20, _source_ts=last)
+    new = frame(g, entity_id=ids, clicks_24h=[7] * 20, _source_ts=[t - timedelta(hours=5) for t in last])
+    r = compare_tables(g, old, new)
+    s = r.features["clicks_24h"]
+    # the new store has processed up to T0 - 5 h: only the 5 users active after that can be lag
+    assert (s.lagging, s.mismatched) == (5, 15)
+    assert r.verdict.value == "fail"
+
+
+@pytest.mark.unit
 def test_chunked_accumulation_equals_one_shot_and_stays_bounded():
     g = make_group([{"name": "x", "dtype": "float64"}, {"name": "k", "dtype": "int64"}])
     rng = np.random.default_rng(7)

@@ -128,6 +128,9 @@ class ComparisonAccumulator:
             for f in group.features
         }
         self.entities_old = self.entities_new = self.entities_both = 0
+        # each store's watermark: the newest source time it has shown so far (µs), for lag
+        self._watermark_old: int | None = None
+        self._watermark_new: int | None = None
         self.missing_in_new = self.missing_in_old = 0
         self.missing_in_new_samples: list[str] = []
         self.missing_in_old_samples: list[str] = []
@@ -251,10 +254,15 @@ class ComparisonAccumulator:
         new_take: np.ndarray | None,
         both: int,
     ) -> Lag | None:
-        """Rows whose two source times differ, but by no more than the staleness SLA, and which is older.
+        """Rows whose two source times differ, by no more than the staleness SLA, and which is older.
 
         Equal source times mean both sides saw the same events, so a difference there is real;
-        no source time on a side means lag cannot be claimed.
+        no source time on a side means lag cannot be claimed. Close timestamps are not enough: a
+        row lags only when the leading side's source time is newer than everything the lagging
+        store has shown (its watermark, the newest source time over the rows compared so far).
+        An event older than that watermark has already been processed by the lagging store, so a
+        value still missing it is a defect (a shifted time column moves every source time back by
+        the same offset; the rows it leaves "close" are almost all behind the watermark).
         """
         if SOURCE_TS not in old.column_names or SOURCE_TS not in new.column_names or not both:
             return None
@@ -267,9 +275,17 @@ class ComparisonAccumulator:
         if not ok.any():
             return None
         ta, tb = numeric(a, "timestamp"), numeric(b, "timestamp")
+        wm_a = _newest(ta, valid(a), self._watermark_old)
+        wm_b = _newest(tb, valid(b), self._watermark_new)
+        self._watermark_old, self._watermark_new = wm_a, wm_b
         gap = np.abs(tb - ta)
         limit = int(self.staleness.total_seconds() * 1_000_000)
-        return Lag(rows=ok & (gap > 0) & (gap <= limit), old_older=ta < tb)
+        old_older = ta < tb
+        # the leading side saw an event the lagging store has not reached yet
+        beyond = np.where(
+            old_older, tb > (wm_a if wm_a is not None else 0), ta > (wm_b if wm_b is not None else 0)
+        )
+        return Lag(rows=ok & (gap > 0) & (gap <= limit) & beyond, old_older=old_older)
 
     # -- output
 
@@ -347,3 +363,11 @@ def compare_tables(
     else:
         acc.add(old, new)
     return acc.result(logical_time=logical_time)
+
+
+def _newest(values: np.ndarray, ok: np.ndarray, before: int | None) -> int | None:
+    """The running maximum of the valid source times (µs), or ``before`` when none is valid."""
+    if not ok.any():
+        return before
+    top = int(values[ok].max())
+    return top if before is None else max(before, top)
