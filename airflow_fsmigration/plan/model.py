@@ -222,6 +222,8 @@ class EventSource(_Strict):
     time_column: str = "event_ts"
     retention: Duration
     longest_window: Duration = timedelta(0)
+    # the column that identifies one event (re-deliveries share it); lets the diagnosis test dedup
+    id_column: str | None = None
 
 
 class Sla(_Strict):
