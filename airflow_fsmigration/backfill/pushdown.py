@@ -29,11 +29,20 @@ ENTITY_MARK = "__fsmig_entity__"
 _AS_OF_LITERAL = "'__fsmig_as_of__'"
 
 
-def entity_filtered_sql(plan: MigrationPlan, group: str, as_of_ref: str, entity_ref: str) -> str:
+def entity_filtered_sql(
+    plan: MigrationPlan,
+    group: str,
+    as_of_ref: str,
+    entity_ref: str,
+    *,
+    sql: str | None = None,
+    op: str = "=",
+) -> str:
     """The as-of definition with ``<key> = entity_ref`` added wherever it keeps the output exact.
 
     The caller still filters the result on the key: a SELECT left unfiltered costs time, never
-    correctness.
+    correctness. ``sql`` replaces the group's definition text (see ``render_as_of``); ``op``
+    ``"= ANY"`` makes ``entity_ref`` an array of keys.
     """
     import sqlglot
     from sqlglot import exp
@@ -41,12 +50,15 @@ def entity_filtered_sql(plan: MigrationPlan, group: str, as_of_ref: str, entity_
     from airflow_fsmigration.plan.definitions import render_as_of
 
     key = plan.groups[group].entity_key
-    text = render_as_of(plan, group, param=AS_OF_MARK)
+    text = render_as_of(plan, group, param=AS_OF_MARK, sql=sql)
     tree = sqlglot.parse_one(text.replace("%%", "%").replace(AS_OF_MARK, _AS_OF_LITERAL), read="postgres")
     for select, target in pushdown_targets(tree, key):
         select.where(exp.EQ(this=target.copy(), expression=exp.Literal.string(ENTITY_MARK)), copy=False)
     rendered = tree.sql(dialect="postgres").replace("%", "%%")
-    return rendered.replace(_AS_OF_LITERAL, as_of_ref).replace(f"'{ENTITY_MARK}'", entity_ref)
+    rendered = rendered.replace(_AS_OF_LITERAL, as_of_ref)
+    return rendered.replace(f"= '{ENTITY_MARK}'", f"{op} {entity_ref}").replace(
+        f"'{ENTITY_MARK}'", entity_ref
+    )
 
 
 def pushdown_targets(tree: Any, key: str) -> list[tuple[Any, Any]]:

@@ -133,12 +133,13 @@ def classify(
             p = _significant(d)  # float noise must not split one offset into many
             free = forced[both] == 0  # undecodable / wrong-way lag rows keep their forced category
             if dtype == "timestamp":
-                hit = free & (d != 0) & (np.mod(d, 900.0) == 0) & (np.abs(d) <= 26 * 3600)
+                # a real zone offset: quarter hours, at most 14 h (a whole day is late data, not a zone)
+                hit = free & (d != 0) & (np.mod(d, 900.0) == 0) & (np.abs(d) <= 14 * 3600)
                 c[hit], free[hit] = Category.TZ_SHIFT, False
             else:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(o != 0, nw / o, np.nan)
-                for unit in UNIT_RATIOS:
+                for unit in UNIT_RATIOS if dtype == "float64" else ():  # no unit scale on a count
                     hit = free & np.isclose(ratio, unit, rtol=1e-6, atol=0.0)
                     c[hit], p[hit], free[hit] = Category.SCALE, unit, False
                 if dtype == "int64":

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from airflow_fsmigration.compare.causes import DIAGNOSIS_SAMPLE
 from airflow_fsmigration.compare.classify import UNIT_RATIOS
 from airflow_fsmigration.compare.features import Lag, column, compare_feature, numeric, valid
 from airflow_fsmigration.compare.model import (
@@ -131,6 +132,9 @@ class ComparisonAccumulator:
         # each store's watermark: the newest source time it has shown so far (µs), for lag
         self._watermark_old: int | None = None
         self._watermark_new: int | None = None
+        # bounded samples for the diagnosis: entities with a mismatch, and all-matching controls
+        self.mismatch_sample: dict[str, list[str]] = {}  # entity -> its mismatching features
+        self.control_sample: list[str] = []
         self.missing_in_new = self.missing_in_old = 0
         self.missing_in_new_samples: list[str] = []
         self.missing_in_old_samples: list[str] = []
@@ -230,6 +234,7 @@ class ComparisonAccumulator:
             self._flag_ids, self._flags = [], {k: [] for k in self._flags}
             self.keep_flags = False
 
+        statuses: list[np.ndarray] = []
         for feature in self.group.features:
             stats = self.features[feature.name]
             stats.missing_in_new += n_missing_new
@@ -239,12 +244,30 @@ class ComparisonAccumulator:
             flag = UNDECODABLE_PREFIX + feature.name
             und = aligned(old, flag, old_take) if flag in old.column_names else None
             status = compare_feature(feature, stats, a, b, ids, lag, und)
+            statuses.append(status == MISMATCH)
             if keep:
                 self._flags[feature.name].append(status)
                 if n_missing_new:
                     self._flags[feature.name].append(np.full(n_missing_new, MISSING_IN_NEW, dtype=np.int8))
                 if n_missing_old:
                     self._flags[feature.name].append(np.full(n_missing_old, MISSING_IN_OLD, dtype=np.int8))
+        self._sample(ids, statuses)
+
+    def _sample(self, ids: pa.Array, statuses: list[np.ndarray]) -> None:
+        """Keep the first DIAGNOSIS_SAMPLE mismatching entities (with their features) and controls."""
+        if not statuses or not len(ids):
+            return
+        matrix = np.vstack(statuses)  # features x rows
+        mismatch = matrix.any(axis=0)
+        room = DIAGNOSIS_SAMPLE - len(self.mismatch_sample)
+        if room > 0 and mismatch.any():
+            rows = np.flatnonzero(mismatch)[:room]
+            names = [f.name for f in self.group.features]
+            for row, eid in zip(rows.tolist(), ids.take(pa.array(rows)).to_pylist(), strict=True):
+                self.mismatch_sample[eid] = [n for n, hit in zip(names, matrix[:, row], strict=True) if hit]
+        room = DIAGNOSIS_SAMPLE - len(self.control_sample)
+        if room > 0 and (~mismatch).any():
+            self.control_sample.extend(ids.take(pa.array(np.flatnonzero(~mismatch)[:room])).to_pylist())
 
     def _lag(
         self,
@@ -329,6 +352,8 @@ class ComparisonAccumulator:
             finished_at=datetime.now(UTC),
             shard=shard,
             flags=self.status_flags(),
+            mismatch_sample=dict(self.mismatch_sample),
+            control_sample=list(self.control_sample),
         )
         result.explanations = explain(result)
         result.verdict, result.reasons = verdict_of(result)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from airflow_fsmigration.compare.causes import RootCause
 from airflow_fsmigration.compare.model import Explanation, FeatureStats, Verdict
 
 
@@ -49,6 +50,10 @@ class ComparisonResult:
     finished_at: datetime | None = None
     shard: str | None = None
     flags: Any = field(default=None, repr=False)  # pandas-free: dict of numpy arrays, or None
+    causes: list[RootCause] = field(default_factory=list)
+    # the entities the diagnosis replays (bounded; see compare.causes.DIAGNOSIS_SAMPLE)
+    mismatch_sample: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    control_sample: list[str] = field(default_factory=list, repr=False)
 
     @property
     def entities_compared(self) -> int:
@@ -98,6 +103,7 @@ class ComparisonResult:
             "duplicates_old_samples": list(self.duplicates_old_samples),
             "duplicates_new_samples": list(self.duplicates_new_samples),
             "features": {k: v.to_dict() for k, v in self.features.items()},
+            "causes": [c.to_dict() for c in self.causes],
             "explanations": [e.to_dict() for e in self.explanations],
             "reasons": list(self.reasons),
             "errors": list(self.errors),
@@ -131,6 +137,7 @@ class ComparisonResult:
             duplicates_old_samples=data.get("duplicates_old_samples", []),
             duplicates_new_samples=data.get("duplicates_new_samples", []),
             explanations=[Explanation.from_dict(e) for e in data.get("explanations", [])],
+            causes=[RootCause.from_dict(c) for c in data.get("causes", [])],
             reasons=data.get("reasons", []),
             errors=data.get("errors", []),
             staleness_s=data.get("staleness_s"),
@@ -150,6 +157,11 @@ class ComparisonResult:
             f"{self.entities_compared} entities compared"
             + (f" of {self.entities_requested} requested" if self.entities_requested is not None else "")
         ]
+        for c in self.causes:
+            lines.append(f"  cause: {c.headline()}")
+            lines.append(f"      fix: {c.fix}")
+            if c.rewrite is not None and c.rewrite.diff:
+                lines.extend("      " + d for d in c.rewrite.diff.splitlines())
         for reason in self.reasons:
             lines.append(f"  reason: {reason}")
         for name, f in self.features.items():

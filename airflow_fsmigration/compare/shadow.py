@@ -109,6 +109,8 @@ def run_shadow(
     staleness: timedelta | None = None,
     logical_time: datetime | None = None,
     entity_ids: Sequence[str] | None = None,
+    diagnose: bool = True,
+    reread_delay_s: float = 1.0,
 ) -> ComparisonResult:
     """Compare ``group`` between the old and the new store and (given ``results``) record the run.
 
@@ -119,6 +121,8 @@ def run_shadow(
     :param shard: ``"K/N"`` or ``(K, N)``: only entities in hash shard K of N (for mapped tasks).
     :param as_of: read both sides as of this time (``read_as_of``), e.g. offline store vs new store.
     :param entity_ids: compare exactly these entities instead of picking a sample.
+    :param diagnose: on mismatches, find root causes (:mod:`~airflow_fsmigration.compare.diagnose`):
+        re-read a sample after ``reread_delay_s`` and replay the definition's rewrites.
     :raises StoreUnavailable: a store did not answer; nothing is recorded.
     """
     from airflow_fsmigration.compare.engine import ComparisonAccumulator
@@ -135,10 +139,14 @@ def run_shadow(
             return _guarded(source, "reading as of", lambda: source.read_as_of(g, chunk, as_of))
         return _guarded(source, "reading", lambda: source.read(g, chunk))
 
+    def explain(result: ComparisonResult) -> None:
+        if diagnose and result.mismatched_values and not result.errors:
+            _diagnose(plan, g, result, old_source, new_source, read, as_of, reread_delay_s)
+
     if entity_ids is None and sample == 0 and as_of is None:
         acc = ComparisonAccumulator(g, settings=settings, staleness=staleness, noise=noise, requested=None)
         _full_scan(g, old_source, new_source, part, chunk_size, acc, read)
-        return _finish(g, acc, when, part, started, results)
+        return _finish(g, acc, when, part, started, results, explain)
 
     if entity_ids is not None:
         ids = list(entity_ids)
@@ -189,7 +197,7 @@ def run_shadow(
             acc.add(old_t, new_t)
             progress.add(len(_chunk))
 
-    return _finish(g, acc, when, part, started, results)
+    return _finish(g, acc, when, part, started, results, explain)
 
 
 def _full_scan(
@@ -253,8 +261,10 @@ def _finish(
     part: tuple[int, int] | None,
     started: float,
     results: ResultStore | None,
+    explain: Callable[[ComparisonResult], None],
 ) -> ComparisonResult:
     result = acc.result(logical_time=when, shard=f"{part[0]}/{part[1]}" if part else None)
+    explain(result)
     log.info(
         "shadow %s: %s, match rate %s over %d entities in %.1f s",
         g.name,
@@ -266,3 +276,26 @@ def _finish(
     if results is not None:
         results.record(result, logical_time=when)
     return result
+
+
+def _diagnose(
+    plan: MigrationPlan,
+    g: FeatureGroup,
+    result: ComparisonResult,
+    old_source: Any,
+    new_source: Any,
+    read: Callable[[Any, list[str]], pa.Table],
+    as_of: datetime | None,
+    delay: float,
+) -> None:
+    """Fill ``result.causes``; a diagnosis that fails is logged and never changes the verdict."""
+    from airflow_fsmigration.compare.diagnose import diagnose
+
+    try:
+        result.causes = diagnose(
+            plan, g, result, old_source, new_source, read=read, as_of=as_of, reread_delay_s=delay
+        )
+    except StoreUnavailable as exc:
+        log.warning("diagnosis of %s skipped: %s", g.name, exc)
+    except Exception as exc:  # the verdict stands; the causes are a bonus
+        log.warning("diagnosis of %s failed (%s: %s); value patterns only", g.name, type(exc).__name__, exc)

@@ -105,20 +105,23 @@ def render_live(sql: str) -> str:
     return _PLACEHOLDER.sub("now()", sql)
 
 
-def render_as_of(plan: MigrationPlan, group: str, param: str = "%(as_of)s") -> str:
+def render_as_of(plan: MigrationPlan, group: str, param: str = "%(as_of)s", *, sql: str | None = None) -> str:
     """The definition as of a bound time; upstream group views are inlined at the same time.
 
     Inlining is what keeps a derived group point-in-time correct: its upstream's *view* only
     knows "now", so each reference to ``schema.upstream`` becomes that upstream's own
     definition as a subquery, rendered as of the same parameter.
+    ``sql`` replaces the group's own definition text (a rewrite the diagnosis replays).
     """
-    return _render_as_of(plan, group, param, stack=())
+    return _render_as_of(plan, group, param, stack=(), sql=sql)
 
 
-def _render_as_of(plan: MigrationPlan, group: str, param: str, stack: tuple[str, ...]) -> str:
+def _render_as_of(
+    plan: MigrationPlan, group: str, param: str, stack: tuple[str, ...], sql: str | None = None
+) -> str:
     if group in stack:
         raise DefinitionError(f"definitions read each other in a cycle: {' -> '.join((*stack, group))}")
-    sql = plan.definition_sql(group)
+    sql = plan.definition_sql(group) if sql is None else sql
     views = {plan.view_name(g): g for g in plan.groups if g != group}
     upstream = {t for t in referenced_tables(sql) if t in views}
     if not upstream:
