@@ -220,6 +220,9 @@ def test_deploy_all_runs_in_wave_order(loaded, demo_plan):
         "last_txn_ts": "timestamp with time zone",
         "source_ts": "timestamp with time zone",
     }
+    # What the view declares about nulls (views declare every column nullable), for schema parity.
+    nullable = store.nullability("user_txn_stats")
+    assert list(nullable) == list(store.columns("user_txn_stats")) and all(nullable.values())
 
 
 def test_derived_group_before_upstream_fails_naming_it(loaded):

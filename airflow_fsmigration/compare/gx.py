@@ -6,7 +6,8 @@ per feature (``match``, ``mismatch``, ``lagging``, ``noise``, ``missing_in_new``
 consistency threshold (``mostly``), and the frame must hold every requested entity. Users add
 their own expectations through ``extra_expectations``. GX is imported inside the functions
 (its import takes about 3.5 s of CPU, 7 s wall on a busy 2-core machine), never at module
-import, so DAG parsing stays light.
+import, so DAG parsing stays light; :func:`quiet_gx` runs before every GX import so that its
+start-up chatter (about 200 "Skipping registering function ..." lines) stays out of task logs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("airflow_fsmigration.compare")
 
 AGREEING = ("match", "lagging", "noise")
+
+# GX's loggers that speak at INFO while it imports and builds a context; nothing of ours.
+# ``data_context.types.base`` sets its own level to INFO when imported, so it is named too.
+GX_NOISY_LOGGERS = ("great_expectations", "great_expectations.data_context.types.base")
+
+
+def quiet_gx() -> None:
+    """Keep GX's start-up INFO lines out of task logs; its warnings and errors still show.
+
+    Called before each GX import and again after it (a GX module resets its own level on import).
+    Only GX's loggers are touched: ``airflow_fsmigration.*`` keeps its level. Set
+    ``FSMIG_GX_LOG_LEVEL=INFO`` to see GX's chatter again when debugging GX itself.
+    """
+    level = logging.getLevelName((os.environ.get("FSMIG_GX_LOG_LEVEL") or "WARNING").upper())
+    for name in GX_NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level if isinstance(level, int) else logging.WARNING)
+
 
 # Which information_schema types faithfully hold each plan dtype. Anything else is a parity failure.
 COMPATIBLE_TYPES: dict[str, tuple[str, ...]] = {
@@ -107,8 +125,11 @@ def status_frame(result: ComparisonResult) -> pd.DataFrame:
 
 def _context(docs_dir: Path | None) -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    quiet_gx()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    quiet_gx()
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -134,6 +155,7 @@ def _validate(
     expectations: Iterable[Any],
     docs_dir: Path | None,
 ) -> tuple[bool, list[dict[str, Any]], str | None]:
+    quiet_gx()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -190,6 +212,7 @@ def gx_verdict(
     An inconclusive comparison stays inconclusive whatever GX says: the validation then runs only
     for the record (and the docs), it cannot turn a run that did not read a store into a pass.
     """
+    quiet_gx()
     import great_expectations.expectations as gxe
 
     mostly = result.threshold if threshold is None else threshold
@@ -216,16 +239,22 @@ def schema_frame(
     group: FeatureGroup,
     new_columns: Mapping[str, str],
     result: ComparisonResult | None = None,
+    *,
+    nullable: Mapping[str, bool] | None = None,
 ) -> pd.DataFrame:
-    """One row per plan column (entity key and features): present, type and null handling checks.
+    """One row per plan column (entity key and features): present, type and declared nullability.
 
-    Null handling compares each side's null count among the compared entities (from ``result``)
-    and is judged against the feature's null policy: ``null_equals_zero`` tolerates a difference,
-    ``nulls_never_match`` tolerates no null at all, otherwise the counts must agree within the
-    consistency threshold.
+    Schema only: names, types and what the new store *declares* about nulls. Differences in the
+    data (null counts, values) are the shadow comparison's to judge, which explains them per
+    feature; ``result`` is accepted for callers that still pass one and is not read.
+
+    ``nullable`` maps column -> declared nullable (``information_schema.columns.is_nullable``).
+    A feature whose null policy keeps nulls as values (``null_equals_null``) must not be declared
+    ``NOT NULL``: the new store would reject or rewrite the nulls the old store serves.
     """
     import pandas as pd
 
+    del result  # data belong to the shadow comparison
     rows = []
     specs = [(group.entity_key, str(group.entity_dtype), None)] + [
         (f.name, str(f.dtype), f) for f in group.features
@@ -235,14 +264,15 @@ def schema_frame(
         type_ok = new_type in COMPATIBLE_TYPES[dtype] if new_type is not None else False
         if name == group.entity_key and new_type is not None:
             type_ok = True  # any key type works: keys are compared as text
-        null_ok, nulls_old, nulls_new = True, None, None
-        if feature is not None and result is not None and name in result.features:
-            s = result.features[name]
-            nulls_old, nulls_new = s.nulls_old, s.nulls_new
-            if feature.null_policy == "nulls_never_match":
-                null_ok = s.nulls_old == 0 and s.nulls_new == 0
-            elif feature.null_policy == "null_equals_null" and s.compared:
-                null_ok = abs(s.nulls_old - s.nulls_new) / s.compared <= 1 - result.threshold
+        declared = None if nullable is None else nullable.get(name)
+        policy = str(feature.null_policy) if feature is not None else None
+        null_ok = not (declared is False and policy == "null_equals_null")
+        hint = TYPE_HINTS.get(new_type or "", "" if new_type else "column missing from the new view")
+        if not null_ok and not hint:
+            hint = (
+                "declared NOT NULL in the new store, but the plan's null policy null_equals_null "
+                "keeps nulls as values: drop the NOT NULL or set the feature's null_policy"
+            )
         rows.append(
             {
                 "column": name,
@@ -251,12 +281,9 @@ def schema_frame(
                 "present": new_type is not None,
                 "type_ok": bool(type_ok),
                 "null_ok": bool(null_ok),
-                "null_policy": str(feature.null_policy) if feature is not None else None,
-                "nulls_old": nulls_old,
-                "nulls_new": nulls_new,
-                "hint": TYPE_HINTS.get(
-                    new_type or "", "" if new_type else "column missing from the new view"
-                ),
+                "null_policy": policy,
+                "declared_nullable": declared,
+                "hint": hint,
             }
         )
     return pd.DataFrame(rows)
@@ -267,16 +294,19 @@ def schema_parity(
     new_columns: Mapping[str, str],
     *,
     result: ComparisonResult | None = None,
+    nullable: Mapping[str, bool] | None = None,
     docs_dir: str | Path | None = None,
     extra_expectations: Iterable[Any] = (),
 ) -> GxVerdict:
-    """GX suite: every plan column exists in the new view, with a faithful type and null handling.
+    """GX suite: every plan column exists in the new view with a faithful type and nullability.
 
-    ``new_columns`` is ``NewStore.columns(group)`` (name -> information_schema type).
+    ``new_columns`` is ``NewStore.columns(group)`` (name -> information_schema type) and
+    ``nullable`` ``NewStore.nullability(group)``. ``result`` is ignored (see :func:`schema_frame`).
     """
+    quiet_gx()
     import great_expectations.expectations as gxe
 
-    frame = schema_frame(group, new_columns, result)
+    frame = schema_frame(group, new_columns, result, nullable=nullable)
     expectations = [
         gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="type_ok", value_set=[True]),
@@ -294,12 +324,7 @@ def schema_parity(
                 "kwargs": {"plan_dtype": row.plan_dtype, "new_type": row.new_type},
                 "success": False,
                 "unexpected_percent": None,
-                "observed_value": row.hint
-                or (
-                    "null counts differ"
-                    if not row.null_ok
-                    else f"{row.new_type} does not hold {row.plan_dtype}"
-                ),
+                "observed_value": row.hint or f"{row.new_type} does not hold {row.plan_dtype}",
             }
         )
     return GxVerdict(
