@@ -7,6 +7,7 @@ Exit 0 pass, 1 fail, 3 inconclusive (a store did not answer, or too few entities
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -35,7 +36,46 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-gx", action="store_true", help="skip the Great Expectations suites (saves a few seconds)"
     )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the whole result (verdict, counts, root causes with their rewrites) as JSON to FILE ('-' = stdout)",
+    )
+    p.add_argument(
+        "--no-diagnose", action="store_true", help="skip the root-cause diagnosis (re-read and replay)"
+    )
     p.set_defaults(func=cmd_shadow)
+
+    d = sub.add_parser("deploy", help="deploy a group's definition to the new store (idempotent)")
+    d.add_argument("plan", type=Path, help="plan YAML file or folder")
+    d.add_argument("group", help="feature group to deploy (its upstream groups must be deployed)")
+    d.set_defaults(func=cmd_deploy)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_OK
+    from airflow_fsmigration.connections import postgres_url
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.stores.base import UpstreamNotDeployed
+    from airflow_fsmigration.stores.new_store import DeployError, NewStore
+
+    plan = load_plan(args.plan)
+    if args.group not in plan.groups:
+        print(
+            f"error: plan '{plan.name}' has no group '{args.group}'; groups: {', '.join(sorted(plan.groups))}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    with NewStore(postgres_url(plan.connections.new_store), plan, plan.connections.new_store) as store:
+        try:
+            store.deploy(args.group)
+        except (DeployError, UpstreamNotDeployed) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    print(f"deployed {plan.view_name(args.group)} in connection '{plan.connections.new_store}'")
+    return EXIT_OK
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
@@ -72,6 +112,10 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     old = RedisOnlineSource(redis_url(conns.legacy_online), plan, conns.legacy_online)
     new = NewStore(postgres_url(conns.new_store), plan, conns.new_store)
     try:
+        problem = _not_comparable(plan, group, new)
+        if problem is not None:
+            print(f"inconclusive: {problem}", file=sys.stderr)
+            return EXIT_INCONCLUSIVE
         result = run_shadow(
             plan,
             group,
@@ -81,6 +125,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             shard=shard,
             chunk_size=args.chunk_size,
             results=store,
+            diagnose=not args.no_diagnose,
         )
         gx = schema = None
         out = args.out
@@ -108,9 +153,45 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     if soak is not None:
         print(f"  soak: {'green' if soak.satisfied else 'not yet'}: {soak.reason}")
     print(f"report: {path}")
+    if args.json is not None:
+        data = json.loads(path.with_suffix(".json").read_text())
+        if str(args.json) == "-":
+            print(json.dumps(data, indent=2))
+        else:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(data, indent=2))
+            print(f"json: {args.json}")
     verdicts = {result.verdict} | ({gx.verdict} if gx is not None else set())
     if Verdict.INCONCLUSIVE in verdicts:
         return EXIT_INCONCLUSIVE
     if Verdict.FAIL in verdicts or (schema is not None and not schema.success):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _not_comparable(plan: Any, group: Any, new: Any) -> str | None:
+    """Why the new store cannot be compared at all (not deployed, entity key of another type)."""
+    from airflow_fsmigration.stores.new_store import DeployError
+
+    try:
+        columns = new.columns(group)
+    except DeployError as exc:
+        return f"{exc} (fsmigrate deploy {plan.source_dir} {group.name})"
+    key_type = columns.get(group.entity_key)
+    if key_type is None:
+        return (
+            f"group '{group.name}': the new store's view {plan.view_name(group.name)} has no column "
+            f"'{group.entity_key}' (the plan's entity_key): select it in the definition and deploy again"
+        )
+    wanted = {
+        "int64": {"bigint", "integer", "smallint"},
+        "string": {"text", "character varying", "character"},
+    }
+    expected = wanted.get(str(group.entity_dtype))
+    if expected is not None and key_type not in expected:
+        return (
+            f"group '{group.name}': entity key '{group.entity_key}' is {key_type} in the new store but "
+            f"{group.entity_dtype} in the plan (entity_dtype): cast it in the definition "
+            f"(e.g. {group.entity_key}::{'bigint' if str(group.entity_dtype) == 'int64' else 'text'}) or fix the plan"
+        )
+    return None

@@ -111,6 +111,7 @@ class ShadowCompareOperator(FsMigrationBaseOperator):
             n: f.get("match_rate") for n, f in result.get("features", {}).items()
         }
         summary["explanations"] = result.get("explanations", [])
+        summary["causes"] = result.get("causes", [])
         path = write_report(
             "shadow",
             self.group,
@@ -119,14 +120,55 @@ class ShadowCompareOperator(FsMigrationBaseOperator):
             result,
         )
         self.report_url = report_url(path)
+        headline = outcome_message(self.feature_group.name, summary)
+        for line in cause_details(summary.get("causes") or []):
+            self.log.info("%s", line)
         if self.fail_on_mismatch and summary["verdict"] != "pass":
             context["ti"].xcom_push(key="shadow_result", value=summary)
-            raise AirflowFailException(
-                f"group {self.group}: shadow comparison {summary['verdict']}: match rate "
-                f"{summary['match_rate']} vs threshold {summary['threshold']}; "
-                + "; ".join(summary.get("reasons") or [])
-            )
+            raise AirflowFailException(headline + (f" Report: {self.report_url}" if self.report_url else ""))
+        self.log.info("%s", headline)
         return summary
+
+
+def _rate(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.4%}"
+
+
+def outcome_message(group: str, summary: dict[str, Any]) -> str:
+    """The first line a user reads: verdict, figures, then the root causes with their fixes."""
+    head = (
+        f"group {group}: shadow comparison {str(summary.get('verdict')).upper()}: match rate "
+        f"{_rate(summary.get('match_rate'))} vs threshold {_rate(summary.get('threshold'))} over "
+        f"{summary.get('entities_compared')} entities."
+    )
+    causes = summary.get("causes") or []
+    if not causes:
+        rest = "; ".join(summary.get("reasons") or [])
+        return head + (f" {rest}." if rest else "")
+    parts = []
+    for i, c in enumerate(causes[:3], start=1):
+        feats = ", ".join(f"{f} {c['shares'].get(f, 0):.0%}" for f in c.get("features", {}))
+        proof = "proven by replay" if c.get("proven") else "value pattern, not proven"
+        change = (c.get("rewrite") or {}).get("description")
+        parts.append(
+            f"Root cause {i}: {c['kind']} on {feats} ({proof})."
+            + (f" Change: {change}." if change else "")
+            + f" Fix: {c['fix']}."
+        )
+    if len(causes) > 3:
+        parts.append(f"{len(causes) - 3} more causes in the report.")
+    return head + " " + " ".join(parts)
+
+
+def cause_details(causes: Sequence[dict[str, Any]]) -> list[str]:
+    """Evidence and the SQL diff of each cause, for the task log (above the failure line)."""
+    lines = []
+    for i, c in enumerate(causes, start=1):
+        lines.append(f"root cause {i}: {c['kind']}: {c.get('evidence')}")
+        diff = (c.get("rewrite") or {}).get("diff")
+        if diff:
+            lines.extend(f"    {d}" for d in diff.splitlines())
+    return lines
 
 
 class ActiveGroupsOperator(FsMigrationBaseOperator):

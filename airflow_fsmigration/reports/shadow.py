@@ -128,6 +128,49 @@ def _features(result: ComparisonResult) -> Any:
     return h.section("Features", chart, tbl, anchor="features")
 
 
+def _causes(result: ComparisonResult) -> Any:
+    """Root causes first: what is wrong, on which features, the proof and the fix."""
+    if not result.causes:
+        text = (
+            "No mismatches: nothing to diagnose."
+            if not result.mismatched_values
+            else "No root cause could be established; see the value patterns under Explanations."
+        )
+        return h.section("Root causes", h.paragraph(text), anchor="causes")
+    parts: list[Any] = [
+        h.paragraph(
+            "Each mismatching entity is attributed to one cause; a cause is proven when replaying the "
+            "group's definition with the change shown reproduces the legacy values of the sampled "
+            "mismatching entities and leaves the matching control entities unchanged."
+        )
+    ]
+    for i, c in enumerate(result.causes, start=1):
+        proof = h.badge("pass", "proven by replay") if c.proven else h.badge("inconclusive", "value pattern")
+        parts.append(
+            h.Markup('<h3 id="cause-{}">{}. {} {}</h3>').format(i, i, c.kind.replace("_", " "), proof)
+        )
+        rows = [[f, n, f"{c.shares.get(f, 0):.0%}"] for f, n in c.features.items()]
+        parts.append(h.paragraph(c.evidence))
+        parts.append(h.paragraph(h.Markup("<strong>Fix:</strong> {}").format(c.fix)))
+        if c.rewrite is not None and c.rewrite.diff:
+            parts.append(h.paragraph(f"Change to the definition ({c.rewrite.description}):"))
+            parts.append(h.diff_block(c.rewrite.diff))
+        if len(c.features) > 1:
+            parts.append(
+                h.bar_chart(
+                    list(c.features),
+                    [c.shares.get(f, 0) * 100 for f in c.features],
+                    title=f"Share of each feature's mismatches explained by {c.kind}",
+                    ylabel="% of the feature's mismatches",
+                    ylim=(0.0, 105.0),
+                )
+            )
+        parts.append(h.table(["feature", "mismatching values explained", "share"], rows))
+        if c.samples:
+            parts.append(h.paragraph(h.Markup("Sample entities: {}").format(", ".join(c.samples))))
+    return h.section("Root causes", *parts, anchor="causes")
+
+
 def _explanations(result: ComparisonResult) -> Any:
     rows = [
         [
@@ -142,9 +185,9 @@ def _explanations(result: ComparisonResult) -> Any:
         for e in result.explanations
     ]
     return h.section(
-        "Explanations",
+        "Value patterns",
         h.paragraph(
-            "Each mismatching value is assigned to at most one pattern; rows of one feature add up to its "
+            "The evidence under the root causes, per feature. Each mismatching value is assigned to at most one pattern; rows of one feature add up to its "
             "mismatches. Share is of the feature's mismatches (of all mismatching values for missing keys)."
         ),
         h.table(
@@ -256,6 +299,7 @@ def render_shadow_report(
     """The whole page as HTML text."""
     body = h.Markup("\n").join(
         [
+            _causes(result),
             _summary(result, gx, soak, out_dir),
             _features(result),
             _explanations(result),
