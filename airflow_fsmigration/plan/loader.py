@@ -16,7 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from airflow_fsmigration.plan.errors import PlanError, PlanIssue
+from airflow_fsmigration.plan.errors import (
+    MAX_DEPTH,
+    MAX_PLAN_BYTES,
+    MAX_SQL_BYTES,
+    InputRefused,
+    PlanError,
+    PlanIssue,
+    bounded_composer,
+    read_text_file,
+)
 from airflow_fsmigration.plan.model import Connections, FeatureGroup, MigrationPlan, Settings
 
 MERGED_SECTIONS = ("groups", "models")
@@ -31,6 +40,10 @@ class _Origin:
 
     file_of: dict[tuple[str, ...], str] = field(default_factory=dict)
     node_of: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    # The line of each top-level key and merged item, for values that carry no position (scalars).
+    line_of: dict[tuple[str, ...], int] = field(default_factory=dict)
+    main_file: str | None = None
+    first_file: str | None = None
 
 
 def _yaml() -> Any:
@@ -38,6 +51,8 @@ def _yaml() -> Any:
 
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
+    yaml.max_depth = MAX_DEPTH
+    yaml.Composer = bounded_composer()
     return yaml
 
 
@@ -95,12 +110,15 @@ def plan_files(path: Path) -> list[Path]:
         return files
     if not path.exists():
         raise PlanError([PlanIssue(str(path), None, "", "no such plan file or folder")])
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise PlanError([PlanIssue(str(path), None, "", "not a regular file: give a plan file or folder")])
     return [path]
 
 
 def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
     """Parse and merge the plan files; ``groups`` and ``models`` may be split over files."""
-    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.composer import MaxDepthExceededError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     merged: dict[str, Any] = {}
     origin = _Origin()
@@ -108,12 +126,29 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
     yaml = _yaml()
     for file in plan_files(path):
         name = str(file)
+        origin.first_file = origin.first_file or name
+        text = ""
         try:
-            doc: Any = yaml.load(file.read_text())
+            text = read_text_file(file, MAX_PLAN_BYTES, "plan file", "FSMIG_PLAN_MAX_BYTES")
+            doc: Any = yaml.load(text)
+        except InputRefused as exc:
+            issues.append(PlanIssue(name, exc.line, "", exc.message))
+            continue
+        except MaxDepthExceededError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else None
+            issues.append(
+                PlanIssue(name, line, "", f"values nest deeper than {MAX_DEPTH} levels; a plan needs about 6")
+            )
+            continue
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
             issues.append(PlanIssue(name, line, "", f"not valid YAML: {exc.problem or exc}"))
+            continue
+        except YAMLError as exc:  # reader errors: control characters
+            position = getattr(exc, "position", None)
+            line = text.count("\n", 0, position) + 1 if isinstance(position, int) else 1
+            issues.append(PlanIssue(name, line, "", f"not valid YAML: {exc}".splitlines()[0]))
             continue
         if doc is None:
             continue
@@ -126,6 +161,7 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
             continue
         for key, value in doc.items():
             line = _lc(doc).key(key)[0] + 1
+            key = str(key)
             if key in MERGED_SECTIONS:
                 if not isinstance(value, dict):
                     issues.append(
@@ -133,13 +169,15 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
                     )
                     continue
                 section = merged.setdefault(key, {})
-                for item, spec in value.items():
+                for raw_item, spec in value.items():
+                    item = str(raw_item)
+                    item_line = _lc(value).key(raw_item)[0] + 1
                     if item in section:
                         first = origin.file_of[(key, item)]
                         issues.append(
                             PlanIssue(
                                 name,
-                                _lc(value).key(item)[0] + 1,
+                                item_line,
                                 f"{key}.{item}",
                                 f"defined twice (first in {first})",
                             )
@@ -148,6 +186,7 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
                     section[item] = spec
                     origin.file_of[(key, item)] = name
                     origin.node_of[(key, item)] = spec
+                    origin.line_of[(key, item)] = item_line
             else:
                 if key in merged:
                     first = origin.file_of[(key,)]
@@ -156,18 +195,26 @@ def _read_all(path: Path) -> tuple[dict[str, Any], _Origin, list[PlanIssue]]:
                 merged[key] = value
                 origin.file_of[(key,)] = name
                 origin.node_of[(key,)] = value
+                origin.line_of[(key,)] = line
+                if key in ("version", "name", "connections") and origin.main_file is None:
+                    origin.main_file = name
         origin.node_of.setdefault(("__doc__", name), doc)
     return merged, origin, issues
 
 
 def _locate(origin: _Origin, loc: tuple[Any, ...], fallback: str) -> tuple[str, int | None]:
     """File and line for a pydantic error location in the merged plan."""
+    key: tuple[Any, ...]
     if len(loc) >= 2 and loc[0] in MERGED_SECTIONS and (loc[0], loc[1]) in origin.file_of:
         key = (loc[0], loc[1])
-        return origin.file_of[key], _line_of(origin.node_of[key], loc[2:])
-    if loc and (loc[0],) in origin.file_of:
-        return origin.file_of[(loc[0],)], _line_of(origin.node_of[(loc[0],)], loc[1:])
-    return fallback, None
+    elif loc and (loc[0],) in origin.file_of:
+        key = (loc[0],)
+    else:
+        # A missing top-level section: the file that holds the plan's name and connections.
+        file = origin.main_file or origin.first_file
+        return (file, 1) if file else (fallback, None)
+    line = _line_of(origin.node_of[key], loc[len(key) :])
+    return origin.file_of[key], line or origin.line_of.get(key)
 
 
 def _suggest(bad: str, model_fields: list[str]) -> str:
@@ -218,8 +265,9 @@ def _pydantic_issues(exc: ValidationError, origin: _Origin, fallback: str) -> li
                 file, line = _locate(origin, loc[:-1], fallback)
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], dict | list):
-                msg += f" (got {err['input']!r})"
+            if "input" in err and not isinstance(err["input"], dict | list) and "got " not in msg:
+                got = repr(err["input"])
+                msg += f" (got {got if len(got) <= 80 else got[:77] + '...'})"
         issues.append(PlanIssue(file, line, path, msg))
     return issues
 
@@ -228,6 +276,8 @@ def _cross_checks(
     plan: MigrationPlan, origin: _Origin, *, known_groups: set[str], known_models: set[str]
 ) -> list[PlanIssue]:
     """Rules that need the whole plan: references, files, cycles, definition columns."""
+    from sqlglot.errors import SqlglotError
+
     from airflow_fsmigration.plan.definitions import DefinitionError, output_columns
     from airflow_fsmigration.plan.graph import find_cycle
 
@@ -290,6 +340,7 @@ def _cross_checks(
                     )
                 )
         sql_path = plan.definition_path(group)
+        sql_text: str | None = None
         if not sql_path.is_file():
             file, line = at(gname, "definition")
             issues.append(
@@ -297,7 +348,16 @@ def _cross_checks(
                     file, line, f"groups.{gname}.definition", f"SQL definition file not found: {sql_path}"
                 )
             )
-        elif DRAFT_MARKER in (sql_text := sql_path.read_text()):
+        else:
+            try:
+                sql_text = read_text_file(
+                    sql_path, MAX_SQL_BYTES, f"SQL definition {sql_path.name}", "FSMIG_SQL_MAX_BYTES"
+                )
+            except InputRefused as exc:
+                file, line = at(gname, "definition")
+                where = f" (line {exc.line} of {sql_path.name})" if exc.line else ""
+                issues.append(PlanIssue(file, line, f"groups.{gname}.definition", exc.message + where))
+        if sql_text is not None and DRAFT_MARKER in sql_text:
             file, line = at(gname, "definition")
             issues.append(
                 PlanIssue(
@@ -308,12 +368,18 @@ def _cross_checks(
                     "with an :as_of parameter and remove the marker",
                 )
             )
-        else:
+        elif sql_text is not None:
             try:
                 columns = output_columns(sql_text)
-            except DefinitionError as exc:
+            except (DefinitionError, SqlglotError, RecursionError) as exc:
+                # sqlglot raises TokenError (not only ParseError) and may recurse on deep nesting.
                 file, line = at(gname, "definition")
-                issues.append(PlanIssue(file, line, f"groups.{gname}.definition", f"{sql_path.name}: {exc}"))
+                detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if not isinstance(exc, DefinitionError):
+                    detail = f"SQL does not parse: {detail}"
+                issues.append(
+                    PlanIssue(file, line, f"groups.{gname}.definition", f"{sql_path.name}: {detail}")
+                )
                 columns = None
             if columns is not None:
                 missing = [c for c in [group.entity_key, *group.feature_names] if c not in columns]
@@ -355,8 +421,9 @@ def load_plan(path: str | Path) -> MigrationPlan:
     """Load and validate a plan; raise :class:`PlanError` listing every problem with file and line."""
     path = Path(path)
     raw, origin, issues = _read_all(path)
-    if issues and any("not valid YAML" in i.message for i in issues):
-        # Missing-section errors after a syntax error would only be noise.
+    if any(not i.path for i in issues):
+        # A file that could not be read at all (syntax, binary, too big or deep): missing-section
+        # errors after it would only be noise.
         raise PlanError(issues)
     fallback = str(path)
     data = _plain(raw)

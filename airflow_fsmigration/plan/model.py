@@ -13,29 +13,144 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
-from airflow_fsmigration.plan.durations import parse_duration
+from airflow_fsmigration.plan.durations import format_duration, parse_duration
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 # YAML dates arrive as ISO text after the JSON round trip the loader uses for strict validation.
 Day = Annotated[date, Strict(False)]
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Postgres truncates names beyond 63 bytes (NAMEDATALEN - 1), so two long names could collide.
+PG_NAME_MAX = 63
+# A group's name is extended into relation names such as ``<group>_snapshots_run_time_idx``.
+GROUP_NAME_MAX = 40
+# Names of existing relations and columns: quoted exactly as written, so upper case is allowed,
+# but nothing that only quoting makes legal (spaces, quotes, semicolons, dots inside a part).
+_SQL_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
-def _identifier(value: str) -> str:
+def _identifier(value: str, limit: int = PG_NAME_MAX) -> str:
     if not IDENTIFIER.match(value):
         raise ValueError(
             f"{value!r} is not a valid name: use lower-case letters, digits and '_', starting with a letter"
         )
+    if len(value) > limit:
+        raise ValueError(f"name {value!r} is {len(value)} characters long; the limit is {limit}")
     return value
 
 
 Name = Annotated[str, BeforeValidator(lambda v: _identifier(v) if isinstance(v, str) else v)]
+GroupName = Annotated[
+    str, BeforeValidator(lambda v: _identifier(v, GROUP_NAME_MAX) if isinstance(v, str) else v)
+]
+
+
+def _sql_part(part: str, whole: str, what: str) -> None:
+    if not _SQL_PART.match(part):
+        raise ValueError(
+            f"{what} {whole!r} cannot be a Postgres name: use letters, digits, '_' and '$', "
+            "starting with a letter or '_'"
+        )
+    if len(part.encode()) > PG_NAME_MAX:
+        raise ValueError(f"{what} {whole!r}: {part!r} is longer than Postgres' {PG_NAME_MAX} bytes")
+
+
+def _relation(value: str) -> str:
+    parts = value.split(".")
+    if len(parts) > 2:
+        raise ValueError(f"table {value!r} must be 'table' or 'schema.table'")
+    for part in parts:
+        _sql_part(part, value, "table")
+    return value
+
+
+def _column(value: str) -> str:
+    _sql_part(value, value, "column")
+    return value
+
+
+Relation = Annotated[str, AfterValidator(_relation)]
+Column = Annotated[str, AfterValidator(_column)]
+
+
+def _conn_id(value: str) -> str:
+    if not _CONN_ID.match(value):
+        raise ValueError(
+            f"connection id {value!r} is not an Airflow connection id: use letters, digits, '_', '.' "
+            "and '-' (at most 250)"
+        )
+    return value
+
+
+ConnId = Annotated[str, AfterValidator(_conn_id)]
+
+
+def _redis_text(value: str, what: str, limit: int) -> str:
+    if not value or _CONTROL.search(value):
+        raise ValueError(f"{what} {value!r} must be non-empty, without spaces or control characters")
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def _between(low: timedelta, high: timedelta) -> AfterValidator:
+    """A duration field's sane range, so a typo (``0s`` bake, ``9999d`` load test) is refused."""
+
+    def check(value: timedelta) -> timedelta:
+        if not low <= value <= high:
+            raise ValueError(
+                f"must be between {format_duration(low)} and {format_duration(high)}, "
+                f"got {format_duration(value)}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+_SECOND, _DAY, _YEAR = timedelta(seconds=1), timedelta(days=1), timedelta(days=366)
+_CENTURY = timedelta(days=36_600)
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Soak = Annotated[timedelta, BeforeValidator(parse_duration), _between(_SECOND, _YEAR)]
+LoadDuration = Annotated[timedelta, BeforeValidator(parse_duration), _between(_SECOND, _DAY)]
+KeepWarm = Annotated[timedelta, BeforeValidator(parse_duration), _between(timedelta(0), 10 * _YEAR)]
+Span = Annotated[timedelta, BeforeValidator(parse_duration), _between(timedelta(0), _CENTURY)]
+PositiveSpan = Annotated[timedelta, BeforeValidator(parse_duration), _between(_SECOND, _CENTURY)]
+# Rates, counts and latencies: finite (the model refuses inf/nan) and below absurd values.
+_QPS_MAX, _MS_MAX, _COUNT_MAX = 1e9, 3_600_000.0, 10**15
+
+
+def _schedule(value: str) -> str:
+    """A cron expression or preset as Airflow's scheduler reads it (croniter comes with Airflow)."""
+    if value in ("@once", "@continuous"):
+        return value
+    try:
+        from croniter import croniter
+    except ImportError:  # pragma: no cover - croniter is an Airflow dependency
+        return value
+    if len(value) > 200 or not croniter.is_valid(value):
+        raise ValueError(
+            f"{value[:200]!r} is not a cron expression: use five fields such as '0 2 * * *' or a preset "
+            "such as '@daily'"
+        )
+    return value
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    # allow_inf_nan=False: an infinite tolerance or rate is a typo that would pass every check.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class DType(StrEnum):
@@ -87,7 +202,7 @@ class RollbackTriggers(_Strict):
         0.5, ge=0, le=100, description="relative AUC drop vs the pre-ramp baseline, in %"
     )
     precision_drop_pct: float | None = Field(None, ge=0, le=100)
-    p99_latency_increase_ms: float = Field(20.0, ge=0)
+    p99_latency_increase_ms: float = Field(20.0, ge=0, le=_MS_MAX)
     error_rate_pct: float = Field(0.1, ge=0, le=100)
 
 
@@ -95,15 +210,19 @@ class Settings(_Strict):
     """Playbook defaults; every field can be overridden per group."""
 
     consistency_threshold: float = Field(0.995, gt=0.5, le=1.0)
-    shadow_soak: Duration = timedelta(days=14)
-    shadow_sample_size: int = Field(100_000, ge=0, description="entities per shadow run; 0 compares all")
+    shadow_soak: Soak = timedelta(days=14)
+    shadow_sample_size: int = Field(
+        100_000, ge=0, le=_COUNT_MAX, description="entities per shadow run; 0 compares all"
+    )
     ramp_steps: tuple[int, ...] = (5, 50, 100)
-    bake: Duration = timedelta(hours=48)
+    bake: Soak = timedelta(hours=48)
     rollback_triggers: RollbackTriggers = RollbackTriggers()
     load_test_multiplier: float = Field(2.0, ge=1.0, le=20.0)
-    load_test_duration: Duration = timedelta(minutes=5)
-    high_traffic_qps: float = Field(1000.0, ge=0, description="peak QPS from which a group is load-tested")
-    keep_warm: Duration = timedelta(days=30)
+    load_test_duration: LoadDuration = timedelta(minutes=5)
+    high_traffic_qps: float = Field(
+        1000.0, ge=0, le=_QPS_MAX, description="peak QPS from which a group is load-tested"
+    )
+    keep_warm: KeepWarm = timedelta(days=30)
 
     @field_validator("ramp_steps", mode="before")
     @classmethod
@@ -128,15 +247,15 @@ class SettingsOverride(_Strict):
     """A group's deviations from the plan defaults (only the fields it sets)."""
 
     consistency_threshold: float | None = Field(None, gt=0.5, le=1.0)
-    shadow_soak: Duration | None = None
-    shadow_sample_size: int | None = Field(None, ge=0)
+    shadow_soak: Soak | None = None
+    shadow_sample_size: int | None = Field(None, ge=0, le=_COUNT_MAX)
     ramp_steps: tuple[int, ...] | None = None
-    bake: Duration | None = None
+    bake: Soak | None = None
     rollback_triggers: RollbackTriggers | None = None
     load_test_multiplier: float | None = Field(None, ge=1.0, le=20.0)
-    load_test_duration: Duration | None = None
-    high_traffic_qps: float | None = Field(None, ge=0)
-    keep_warm: Duration | None = None
+    load_test_duration: LoadDuration | None = None
+    high_traffic_qps: float | None = Field(None, ge=0, le=_QPS_MAX)
+    keep_warm: KeepWarm | None = None
 
     @field_validator("ramp_steps", mode="before")
     @classmethod
@@ -147,12 +266,12 @@ class SettingsOverride(_Strict):
 class Connections(_Strict):
     """Airflow connection ids; the CLI resolves them from ``AIRFLOW_CONN_<ID>`` when Airflow is down."""
 
-    legacy_online: str
-    legacy_offline: str
-    event_log: str
-    new_store: str
-    registry: str
-    model_metrics: str
+    legacy_online: ConnId
+    legacy_offline: ConnId
+    event_log: ConnId
+    new_store: ConnId
+    registry: ConnId
+    model_metrics: ConnId
 
 
 class NewStore(_Strict):
@@ -164,7 +283,7 @@ class TrainingDataset(_Strict):
     location: str
     format: str = "parquet"
     cutoff: Day
-    rows: int | None = Field(None, ge=0)
+    rows: int | None = Field(None, ge=0, le=_COUNT_MAX)
 
 
 class Model(_Strict):
@@ -197,10 +316,17 @@ class LegacyOnline(_Strict):
         None, description="hash field holding the source event time (epoch s or ISO)"
     )
 
+    @field_validator("timestamp_field")
+    @classmethod
+    def _field_name(cls, value: str | None) -> str | None:
+        return None if value is None else _redis_text(value, "hash field", 256)
+
     @field_validator("key_template")
     @classmethod
     def _has_entity(cls, value: str) -> str:
         from airflow_fsmigration.semantics import key_affixes  # the one meaning of a template
+
+        _redis_text(value, "key template", 1024)
 
         try:
             key_affixes(value)
@@ -212,28 +338,28 @@ class LegacyOnline(_Strict):
 class LegacyOffline(_Strict):
     """The old offline store: a history table of (entity, event time, features)."""
 
-    table: str
-    event_time_column: str = "event_ts"
-    entity_column: str | None = None
+    table: Relation
+    event_time_column: Column = "event_ts"
+    entity_column: Column | None = None
 
 
 class EventSource(_Strict):
-    table: str
-    time_column: str = "event_ts"
-    retention: Duration
-    longest_window: Duration = timedelta(0)
+    table: Relation
+    time_column: Column = "event_ts"
+    retention: PositiveSpan
+    longest_window: Span = timedelta(0)
     # the column that identifies one event (re-deliveries share it); lets the diagnosis test dedup
     id_column: str | None = None
 
 
 class Sla(_Strict):
-    p99_ms: float = Field(gt=0)
-    max_staleness: Duration
+    p99_ms: float = Field(gt=0, le=_MS_MAX)
+    max_staleness: Span
 
 
 class Qps(_Strict):
-    peak: float = Field(ge=0)
-    average: float = Field(ge=0)
+    peak: float = Field(ge=0, le=_QPS_MAX)
+    average: float = Field(ge=0, le=_QPS_MAX)
 
     @model_validator(mode="after")
     def _average_below_peak(self) -> Qps:
@@ -243,7 +369,7 @@ class Qps(_Strict):
 
 
 class FeatureGroup(_Strict):
-    name: Name
+    name: GroupName
     description: str | None = None
     owner: str | None = None
     entity_key: Name
@@ -253,13 +379,23 @@ class FeatureGroup(_Strict):
     legacy_online: LegacyOnline
     legacy_offline: LegacyOffline
     event_sources: tuple[EventSource, ...] = ()
-    backfill_window: Duration = timedelta(days=30)
+    backfill_window: PositiveSpan = timedelta(days=30)
     models: tuple[Name, ...] = ()
     sla: Sla
     qps: Qps
     criticality: Criticality = Criticality.MEDIUM
     depends_on: tuple[Name, ...] = ()
     overrides: SettingsOverride = SettingsOverride()
+
+    @field_validator("definition")
+    @classmethod
+    def _sql_file(cls, value: str) -> str:
+        if not value.strip() or len(value) > 1024 or re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError(
+                "definition must be the path of a .sql file relative to the plan, "
+                "without control characters (at most 1024 characters)"
+            )
+        return value
 
     @field_validator("features", "event_sources", "models", "depends_on", mode="before")
     @classmethod
@@ -290,16 +426,23 @@ class MigrationPlan(_Strict):
     ``source_dir`` is where the plan file (or folder) lives; SQL paths are relative to it.
     """
 
-    version: int = Field(1, ge=1, le=1)
+    version: int = 1
     name: Name
     description: str | None = None
-    nightly_schedule: str = "0 2 * * *"
+    nightly_schedule: Annotated[str, AfterValidator(_schedule)] = "0 2 * * *"
     new_store: NewStore = NewStore()
     connections: Connections
     defaults: Settings = Settings()
     models: dict[Name, Model] = Field(default_factory=dict)
-    groups: dict[Name, FeatureGroup]
+    groups: dict[GroupName, FeatureGroup]
     source_dir: Path = Path(".")
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"this fsmigrate reads plan version 1, got version {value}: write 'version: 1'")
+        return value
 
     def settings_for(self, group: str | FeatureGroup) -> Settings:
         """The effective settings of a group: plan defaults with its overrides applied."""
