@@ -58,6 +58,17 @@ __all__ = [
 ]
 
 CADENCE_CHOICES = ("1h", "6h", "12h", "1d", "7d")
+# What the form's dropdown shows for each choice; the UI looks ``null`` up under the key "null",
+# so the empty choice reads as what it means instead of a literal "null".
+CADENCE_LABELS = {
+    "null": "none: replay at the spine table's timestamps",
+    "1h": "1h: every hour",
+    "6h": "6h: every 6 hours",
+    "12h": "12h: every 12 hours",
+    "1d": "1d: every day",
+    "7d": "7d: every week",
+}
+REASON_MIN, REASON_MAX = 10, 2000
 # JSON schema's "format" is a UI hint only (not validated by Airflow), so dates also get a pattern.
 ISO_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 # Soaks shorter than this are kept fed by the soak sensor itself (demo and test time scales);
@@ -228,10 +239,18 @@ def build_rollback_dag(ctx: DagContext, group: str) -> DAG:
         params={
             "reason": Param(
                 type="string",
-                minLength=10,
-                maxLength=2000,
+                minLength=REASON_MIN,
+                maxLength=REASON_MAX,
                 title="Reason",
-                description="Why roll back? Goes into the routing audit log (at least 10 characters).",
+                description=(
+                    f"Why roll back? {REASON_MIN} to {REASON_MAX} characters; written to the routing "
+                    "audit log with who triggered the run."
+                ),
+                description_md=(
+                    f"Why roll back? **At least {REASON_MIN} characters** (the form will not trigger "
+                    "with fewer). It goes into the routing audit log with who triggered the run, and "
+                    f"the cockpit shows it. Serving of `{group}` switches back to the old store at once."
+                ),
             )
         },
         **ctx.dag_kwargs,
@@ -270,7 +289,10 @@ def build_backfill_dag(ctx: DagContext, group: str) -> DAG:
                 format="date-time",
                 pattern=ISO_TIME,
                 title="Start",
-                description=f"Window start (UTC). The window may span at most {window}.",
+                description=(
+                    f"Window start (UTC), e.g. 2026-10-01T00:00:00Z. The window may span at most "
+                    f"{window} (the group's backfill_window)."
+                ),
                 section="Window",
             ),
             "end": Param(
@@ -286,8 +308,12 @@ def build_backfill_dag(ctx: DagContext, group: str) -> DAG:
                 None,
                 type=["null", "string"],
                 enum=[None, *CADENCE_CHOICES],
+                values_display=CADENCE_LABELS,
                 title="Snapshot cadence",
-                description="One snapshot every ... between start and end. Leave empty with a spine table.",
+                description=(
+                    "One snapshot every 1h, 6h, 12h, 1d or 7d between start and end; choose none "
+                    "with a spine table."
+                ),
                 section="What to compute",
             ),
             "spine_table": Param(

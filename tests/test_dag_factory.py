@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,32 @@ def test_backfill_form_schema(dags):
         params["spine_table"] = "labels; drop table x"
     params["spine_table"] = "ml.fraud_labels"
     assert params.validate()["spine_table"] == "ml.fraud_labels"
+
+
+@pytest.mark.unit
+def test_forms_guide_no_null_label_plan_units_and_lengths_in_the_schema(dags, demo_plan):
+    """What the trigger form is built from: each param's description and JSON schema."""
+
+    def form(dag_id_: str) -> dict:
+        params = dags[dag_id_].params
+        return {k: params.get_param(k).dump() for k in params}
+
+    backfill = form("fsmig__user_txn_stats__backfill")
+    cadence = backfill["cadence"]["schema"]
+    labels = cadence["values_display"]
+    # every choice, the empty one included, has a label: the dropdown never reads "null"
+    assert set(labels) == {"null" if v is None else v for v in cadence["enum"]}
+    assert all("null" not in label for label in labels.values())
+    text = json.dumps(backfill, default=str)
+    assert not re.search(r"\d+ days?, \d+:\d\d:\d\d", text)  # timedelta's str(), not the plan's units
+    window = demo_plan.groups["user_txn_stats"].backfill_window
+    from airflow_fsmigration.plan.durations import format_duration
+
+    assert f"at most {format_duration(window)}" in backfill["start"]["description"]
+    reason = form("fsmig__user_txn_stats__rollback")["reason"]["schema"]
+    # the UI copies minLength/maxLength onto the input and flags an empty required field itself
+    assert (reason["minLength"], reason["maxLength"], reason["type"]) == (10, 2000, "string")
+    assert "At least 10 characters" in reason["description_md"]
 
 
 @pytest.mark.unit
