@@ -84,3 +84,30 @@ def test_scorer_falls_back_to_explanations():
     assert source == "explanations"
     assert [c.kind for c in causes] == ["time_zone", "late_events", "missing_in_new"]
     assert causes[2].features == {f: 2 for f in FEATURES}
+
+
+def test_generator_is_deterministic(postgres, pg_url):
+    """The same seed and size give the same rows (another seed does not)."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from bench.diagnosis_corpus.generator import generate
+
+    digest = (
+        "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM raw.transactions AS t "
+        "UNION ALL SELECT md5(string_agg(c::text, '|' ORDER BY c::text)) FROM raw.charges AS c"
+    )
+    other = f"t_{uuid.uuid4().hex[:12]}"
+    sums = []
+    try:
+        for url, seed in ((pg_url, 3), (postgres.create_database(other), 3), (pg_url, 4)):
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SET TimeZone = 'UTC'")
+                generate(conn, 40, seed)
+                sums.append(conn.execute(digest).fetchall())
+    finally:
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
+    assert sums[0] == sums[1] and sums[0] != sums[2]

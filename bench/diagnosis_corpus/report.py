@@ -27,7 +27,7 @@ def machine() -> str:
 
 SUMMARY_HEAD = (
     "| scenario | injected | verdict truth/product | counts exact | main cause right | right share (mean / min) "
-    "| worst false extra | kinds named | rewrite right | clean: pass, no cause |"
+    "| worst false extra | kinds named (on their features) | rewrite right | clean: pass, no cause |"
 )
 
 
@@ -40,7 +40,7 @@ def summary_rows(scores: list[ScenarioScore]) -> list[str]:
             f"{'' if m['verdict_ok'] else ' (WRONG)'} | {_yes(m['counts_exact'])} "
             f"| {m['main_right']}/{m['affected_features']} "
             f"| {_pct(m['right_share_mean'])} / {_pct(m['right_share_min'])} | {_pct(m['worst_extra_share'])} "
-            f"| {', '.join(m['kinds_named']) or '-'} | {m['rewrite_right']}/{m['rewrite_expected']} "
+            f"| {', '.join(m['kinds_named']) or '-'} ({m['kinds_on_features']}) | {m['rewrite_right']}/{m['rewrite_expected']} "
             f"| {_yes(m['clean_ok'])} |"
         )
     return rows

@@ -124,6 +124,8 @@ class FeatureScore:
     rewrite: str | None = None
     rewrite_expected: bool = False
     rewrite_right: bool | None = None
+    kinds_expected: list[str] = field(default_factory=list)  # truth kinds with >= 10% of the values
+    kinds_named: list[str] = field(default_factory=list)  # ... that a cause of that kind names here
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -159,6 +161,8 @@ class ScenarioScore:
         shares = [f.right_share for f in aff if f.right_share is not None]
         extras = [f.worst_extra_share for f in aff if f.worst_extra_share is not None]
         rewritable = [f for f in aff if f.rewrite_expected]
+        pairs = sum(len(f.kinds_expected) for f in aff)
+        pairs_named = sum(len(f.kinds_named) for f in aff)
         named = {c["kind"] for c in self.causes}
         return {
             "scenario": self.scenario,
@@ -174,6 +178,7 @@ class ScenarioScore:
             "kinds_named": sorted(set(self.kinds) & named),
             "rewrite_right": sum(1 for f in rewritable if f.rewrite_right),
             "rewrite_expected": len(rewritable),
+            "kinds_on_features": f"{pairs_named}/{pairs}",
             "clean_ok": self.clean_ok,
             "source": self.source,
             "causes": len(self.causes),
@@ -243,6 +248,8 @@ def score(scenario: Scenario, truth: Truth, result: Any, seconds_product: float 
             else:
                 fs.worst_extra_share = 0.0
             fs.rewrite_expected = bool(set(ft.dominant) & rewrite_kinds)
+            fs.kinds_expected = sorted(k for k, n in ft.kinds.items() if n >= 0.1 * ft.total)
+            fs.kinds_named = [k for k in fs.kinds_expected if any(c.kind == k for c in on_f)]
             if on_f:
                 fs.main = on_f[0].kind
                 fs.main_right = fs.main in ft.dominant
