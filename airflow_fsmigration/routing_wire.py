@@ -9,7 +9,17 @@ other. Standard library only, so serving processes pay nothing for it.
 * After every committed change the key is SET and the same text PUBLISHed on :data:`CHANNEL`.
 * The JSON is canonical (sorted keys, no spaces, ``ramp_pct`` a float, ``version`` an int), so
   equal states are equal bytes and a mirror can be compared with Postgres byte for byte.
-* A missing or unreadable document means "old store at 0%": the safe side.
+* ``epoch`` (optional, a non-negative int, absent = 0) orders states across registry restores:
+  routers take a state when ``(epoch, version)`` is not below the one they hold. Versions only
+  go up in one registry, but a registry restored from a backup starts again from an older
+  version, which running routers would ignore; ``fsmigrate reconcile`` (and a rollback) then
+  raise the group's epoch above the mirror's, so the restored registry's state is taken.
+  ``epoch`` 0 is left out of the text, so documents written before epochs stay byte-identical.
+* A missing or unreadable document means "old store at 0%" to a router that holds no state yet:
+  the safe side. A router that holds a state keeps it while the key is missing (Redis lost its
+  data or is being restarted: the registry never deletes a key) or Redis does not answer.
+* Routers report what they apply under ``fsmig:router:{instance}`` (:func:`encode_report`),
+  with a TTL, so ``fsmigrate status`` can compare what routers serve with the registry.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ KEY_PREFIX = "fsmig:routing:"
 CHANNEL = "fsmig:routing"
 FIELDS = ("group", "phase", "ramp_pct", "active_backend", "version", "updated_at")
 BACKENDS = ("old", "new")
+REPORT_PREFIX = "fsmig:router:"
 
 
 def routing_key(group: str) -> str:
@@ -29,10 +40,17 @@ def routing_key(group: str) -> str:
 
 
 def encode_doc(
-    *, group: str, phase: str, ramp_pct: float, active_backend: str, version: int, updated_at: str | None
+    *,
+    group: str,
+    phase: str,
+    ramp_pct: float,
+    active_backend: str,
+    version: int,
+    updated_at: str | None,
+    epoch: int = 0,
 ) -> str:
-    """The canonical JSON text of one group's routing state."""
-    doc = {
+    """The canonical JSON text of one group's routing state (``epoch`` 0 is left out)."""
+    doc: dict[str, Any] = {
         "group": str(group),
         "phase": str(phase),
         "ramp_pct": float(ramp_pct),
@@ -40,6 +58,8 @@ def encode_doc(
         "version": int(version),
         "updated_at": updated_at,
     }
+    if int(epoch):
+        doc["epoch"] = int(epoch)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -54,6 +74,9 @@ def invalid_reason(doc: Any) -> str | None:
         return f"active_backend {doc['active_backend']!r} is neither 'old' nor 'new'"
     if not isinstance(doc["version"], int) or isinstance(doc["version"], bool):
         return f"version {doc['version']!r} is not an integer"
+    epoch = doc.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return f"epoch {epoch!r} is not a non-negative integer"
     if not isinstance(doc["group"], str) or not isinstance(doc["phase"], str):
         return "group and phase must be strings"
     try:
@@ -80,3 +103,34 @@ def decode_doc(raw: bytes | str | None) -> tuple[dict[str, Any] | None, str | No
 def parse_doc(raw: bytes | str | None) -> dict[str, Any] | None:
     """A mirrored document, or None when it is missing or unreadable (which means "old store")."""
     return decode_doc(raw)[0]
+
+
+def order_key(doc: Mapping[str, Any]) -> tuple[int, int]:
+    """``(epoch, version)``: a state is newer than another when this is higher."""
+    return int(doc.get("epoch", 0) or 0), int(doc["version"])
+
+
+def report_key(instance: str) -> str:
+    return f"{REPORT_PREFIX}{instance}"
+
+
+def encode_report(instance: str, at: float, mirror_age_s: float | None, groups: Mapping[str, Any]) -> str:
+    """What one router applies: ``{group: {epoch, version, phase, ramp_pct, serving_pct, breaker}}``."""
+    return json.dumps(
+        {"instance": instance, "at": at, "mirror_age_s": mirror_age_s, "groups": dict(groups)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def decode_report(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A router's report, or None when missing or not one."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("groups"), dict):
+        return None
+    return doc

@@ -401,7 +401,8 @@ def test_shadow_rate_limit(demo_plan, redis_client, pg_url):
 
 
 @pytest.mark.integration
-def test_routing_redis_down_means_old_store(demo_plan, redis_client, pg_url):
+def test_routing_redis_down_keeps_last_known_routing(demo_plan, redis_client, pg_url):
+    """The mirror's Redis dies at 100%: the router keeps serving the new store; a fresh router defaults to old."""
     from fsmig_dev.devservices import start_redis
 
     ids = seed_stores(demo_plan, redis_client, pg_url, 50)
@@ -420,11 +421,23 @@ def test_routing_redis_down_means_old_store(demo_plan, redis_client, pg_url):
             assert router.wait_ready(5)
             assert served_from_new(router.get_features(GROUP, ids)) == set(ids)
             routing_server.stop()
-            deadline = time.monotonic() + 3
-            while router.ramp_pct(GROUP) != 0 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 1.5
+            while router._subscribed.is_set() and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert router.ramp_pct(GROUP) == 0
-            assert served_from_new(router.get_features(GROUP, ids)) == set()
+            assert not router._subscribed.is_set()  # the listener noticed the outage
+            assert router.ramp_pct(GROUP) == 100
+            assert served_from_new(router.get_features(GROUP, ids)) == set(ids)
+            assert router.routing_age_s() is not None and router.routing_age_s() > 0
+            fresh = FeatureRouter(
+                routing,
+                LegacyRedisBackend.from_plan(redis_client, demo_plan),
+                PostgresBackend(pg_url, demo_plan),
+                stats_client=redis_client,
+                stats_flush_s=0,
+                listen=False,
+            )
+            with fresh:
+                assert fresh.ramp_pct(GROUP) == 0 and not served_from_new(fresh.get_features(GROUP, ids))
     finally:
         routing_server.stop()
 

@@ -11,7 +11,8 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
 
 log = logging.getLogger("airflow_fsmigration.serving")
+
+_monotonic = time.monotonic
 
 Rows = dict[str, dict[str, Any]]
 
@@ -166,19 +169,86 @@ class LegacyRedisBackend:
         """The Redis client belongs to the caller."""
 
 
+class NewStoreTimeout(TimeoutError):
+    """The new store did not answer within the group's client-side read timeout."""
+
+
+# Client-side read timeout of the new store per group: max(floor, factor x the group's SLA p99).
+# A healthy read is far below its p99 SLA; 5x leaves room for a loaded host's tail, and the
+# 100 ms floor keeps a tight SLA (8 ms) from timing out on scheduler noise. A hung store then
+# costs a caller at most this plus the old store's read, and each timeout is a breaker failure.
+TIMEOUT_FLOOR_MS = 100.0
+TIMEOUT_SLA_FACTOR = 5.0
+
+
+def read_timeout_ms(
+    p99_ms: float | None, *, floor_ms: float = TIMEOUT_FLOOR_MS, factor: float = TIMEOUT_SLA_FACTOR
+) -> float:
+    """The client-side read timeout for a group whose p99 SLA is ``p99_ms`` (None: the floor)."""
+    return max(float(floor_ms), float(factor) * float(p99_ms or 0.0))
+
+
+_CONN_CLASS: Any = None
+
+
+def _deadline_connection() -> Any:
+    """A psycopg ``Connection`` whose every wait on the socket ends at ``conn.deadline``.
+
+    psycopg waits for the server with no limit of its own (``statement_timeout`` is enforced by
+    the server, so a frozen server never answers it). ``Connection.wait`` takes a timeout
+    (psycopg >= 3.2; it raises ``_WaitTimeout``); every query's wait goes through it, so
+    overriding it bounds the whole read, prepare and execute included, by one deadline.
+    """
+    global _CONN_CLASS
+    if _CONN_CLASS is not None:
+        return _CONN_CLASS
+    import psycopg
+
+    wait_timeout = getattr(psycopg.errors, "_WaitTimeout", psycopg.errors.OperationalError)
+
+    class DeadlineConnection(psycopg.Connection[Any]):
+        deadline: float | None = None
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            deadline = self.deadline
+            if deadline is None:
+                return super().wait(gen, interval, timeout)
+            left = deadline - _monotonic()
+            if left <= 0:
+                raise NewStoreTimeout("the read deadline passed before the query was sent")
+            try:
+                return super().wait(gen, interval, left if timeout is None else min(timeout, left))
+            except wait_timeout as exc:
+                if type(exc).__name__ != "_WaitTimeout":
+                    raise
+                raise NewStoreTimeout("the new store did not answer before the read deadline") from None
+
+    _CONN_CLASS = DeadlineConnection
+    return _CONN_CLASS
+
+
 class PostgresBackend:
     """The new store over the Postgres wire protocol (Postgres, RisingWave).
 
     ``SELECT <key>::text, <features> FROM <schema>.<group> WHERE <key>::text = ANY(%s)`` on a
-    small pool of connections, each with a statement timeout, so a slow or hung store turns into
-    an exception the router's circuit breaker can count instead of a blocked model server.
-    A connection that failed is discarded; the next read opens a fresh one.
+    small pool of connections. Every read has a client-side deadline derived from the group's
+    SLA (:func:`read_timeout_ms`: ``max(100 ms, 5 x sla.p99_ms)`` unless given): waiting for a
+    free connection, connecting and the query itself all end at it with
+    :class:`NewStoreTimeout`, which the router's breaker counts as a failure. The server-side
+    ``statement_timeout`` stays as a backstop, but it cannot fire on a frozen server (SIGSTOP,
+    a hung host), which is why the deadline is kept on the client. A connection that failed or
+    timed out is closed (never reused mid-query); the next read opens a fresh one.
 
     :param url: libpq URL of the new store.
-    :param plan: the migration plan (schema, entity keys, features).
+    :param plan: the migration plan (schema, entity keys, features, SLAs).
     :param pool_size: connections kept open at most.
-    :param statement_timeout_ms: server-side timeout per query.
-    :param connect_timeout_s: libpq connect timeout (libpq's minimum is 2 s).
+    :param statement_timeout_ms: server-side timeout per query (backstop).
+    :param connect_timeout_s: libpq connect timeout of the background connect (libpq's minimum
+        is 2 s; a read waits for it only until its own deadline).
+    :param read_timeout_ms: client-side deadline per read: one value for every group, or
+        ``{group: ms}``; groups not given use :func:`read_timeout_ms` of their SLA.
+    :param timeout_floor_ms: the floor of the SLA-derived timeout.
+    :param timeout_sla_factor: the multiple of ``sla.p99_ms`` in the SLA-derived timeout.
     """
 
     name = "new"
@@ -191,6 +261,9 @@ class PostgresBackend:
         pool_size: int = 4,
         statement_timeout_ms: int = 2000,
         connect_timeout_s: int = 2,
+        read_timeout_ms: float | Mapping[str, float] | None = None,
+        timeout_floor_ms: float = TIMEOUT_FLOOR_MS,
+        timeout_sla_factor: float = TIMEOUT_SLA_FACTOR,
     ) -> None:
         from psycopg import sql
 
@@ -201,7 +274,10 @@ class PostgresBackend:
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
+        self._late_lock = threading.Lock()
+        self.timeouts = 0
         self._queries: dict[str, tuple[Any, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
+        self._timeout_s: dict[str, float] = {}
         schema = plan.new_store.schema_name
         for g in plan.groups.values():
             columns: list[sql.Composable] = [sql.SQL("{}::text").format(sql.Identifier(g.entity_key))]
@@ -212,17 +288,77 @@ class PostgresBackend:
                 key=sql.Identifier(g.entity_key),
             )
             self._queries[g.name] = (query, [(f.name, _PG_CONVERT.get(str(f.dtype))) for f in g.features])
+            if isinstance(read_timeout_ms, Mapping) and g.name in read_timeout_ms:
+                ms = float(read_timeout_ms[g.name])
+            elif read_timeout_ms is not None and not isinstance(read_timeout_ms, Mapping):
+                ms = float(read_timeout_ms)
+            else:
+                sla = getattr(g, "sla", None)
+                ms = read_timeout_ms_for(sla, timeout_floor_ms, timeout_sla_factor)
+            if not ms > 0:
+                raise ValueError(
+                    f"group '{g.name}': the new store's read timeout must be above 0 ms, got {ms}"
+                )
+            self._timeout_s[g.name] = ms / 1000.0
+
+    def read_timeout_s(self, group: str) -> float:
+        """The client-side deadline of one read of ``group``, in seconds."""
+        return self._timeout_s[group]
 
     def _connect(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(
+        return _deadline_connection().connect(
             self.url,
             autocommit=True,
             connect_timeout=self.connect_timeout_s,
             options=f"-c statement_timeout={int(self.statement_timeout_ms)}",
             application_name="fsmig-router",
         )
+
+    def _connect_by(self, deadline: float, group: str) -> Any:
+        """Open a connection, waiting for it until ``deadline`` only.
+
+        libpq's connect timeout cannot go below 2 s, and a frozen server accepts the TCP
+        connection and then never answers. The connect runs on its own thread; a read gives up
+        at its deadline, and a connection that arrives later is kept for the next read.
+        """
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                conn = self._connect()
+            except BaseException as exc:
+                box["exc"] = exc
+                done.set()
+                return
+            with self._late_lock:
+                if not box.get("abandoned"):
+                    box["conn"] = conn
+                    done.set()
+                    return
+            self._park(conn)
+
+        threading.Thread(target=run, name="fsmig-new-store-connect", daemon=True).start()
+        if not done.wait(max(0.0, deadline - _monotonic())):
+            with self._late_lock:
+                if "conn" not in box and "exc" not in box:
+                    box["abandoned"] = True
+                    self.timeouts += 1
+                    raise NewStoreTimeout(
+                        f"group '{group}': no connection to the new store within the read timeout "
+                        f"({self._timeout_s[group] * 1000:g} ms)"
+                    )
+        if "exc" in box:
+            raise box["exc"]
+        return box["conn"]
+
+    def _park(self, conn: Any) -> None:
+        """Keep a late connection for the next read, unless the pool is closed or full."""
+        if self._closed or self._idle.qsize() >= self.pool_size:
+            with contextlib.suppress(Exception):
+                conn.close()
+        else:
+            self._idle.put(conn)
 
     def read(self, group: str, entity_ids: Sequence[str]) -> Rows:
         try:
@@ -231,15 +367,29 @@ class PostgresBackend:
             raise UnknownGroup("new-store Postgres backend", group, list(self._queries)) from None
         if self._closed:
             raise RuntimeError("the new-store backend is closed")
-        if not self._slots.acquire(timeout=self.statement_timeout_ms / 1000 + self.connect_timeout_s):
-            raise TimeoutError(f"group '{group}': all {self.pool_size} new-store connections are busy")
+        deadline = _monotonic() + self._timeout_s[group]
+        if not self._slots.acquire(timeout=self._timeout_s[group]):
+            self.timeouts += 1
+            raise NewStoreTimeout(
+                f"group '{group}': all {self.pool_size} new-store connections stayed busy for the "
+                f"read timeout ({self._timeout_s[group] * 1000:g} ms)"
+            )
         conn = None
         try:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = self._connect()
-            rows = conn.execute(query, (list(entity_ids),), prepare=True).fetchall()
+                conn = self._connect_by(deadline, group)
+            conn.deadline = deadline
+            try:
+                rows = conn.execute(query, (list(entity_ids),), prepare=True).fetchall()
+            except NewStoreTimeout:
+                self.timeouts += 1
+                raise NewStoreTimeout(
+                    f"group '{group}': the new store did not answer within the read timeout "
+                    f"({self._timeout_s[group] * 1000:g} ms, from the group's SLA)"
+                ) from None
+            conn.deadline = None
         except BaseException:
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -267,6 +417,11 @@ class PostgresBackend:
                 break
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def read_timeout_ms_for(sla: Any, floor_ms: float, factor: float) -> float:
+    """:func:`read_timeout_ms` of a plan ``sla`` block (``None`` or no ``p99_ms``: the floor)."""
+    return read_timeout_ms(getattr(sla, "p99_ms", None), floor_ms=floor_ms, factor=factor)
 
 
 def _pg_float(value: Any) -> float:

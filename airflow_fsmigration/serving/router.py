@@ -13,6 +13,13 @@ The breaker is ``pybreaker`` (its ``call()`` costs ~1.3 us here), but the router
 through it while failures are being counted or a trial is due; a healthy closed breaker costs
 one attribute check. A trip is published on ``fsmig:breaker`` so other processes open theirs
 without waiting for their own failures; each process then probes the store on its own timer.
+
+Routing survives its own dependencies: the routing mirror lives in Redis, and when Redis does
+not answer (or restarts without the key) the router keeps its last-known routing and keeps
+serving from whichever store that routing says, logging how old it is
+(:meth:`~.routing.RoutingView.routing_age_s`). A fresh router that never read a state serves
+the old store. Each router reports what it applies under ``fsmig:router:{instance}`` (TTL a few
+report intervals), so ``fsmigrate status`` compares what routers serve with the registry.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.serving.breaker import GroupBreaker
+from airflow_fsmigration.routing_wire import encode_report, report_key
+from airflow_fsmigration.serving.breaker import BreakerOpen, GroupBreaker
 from airflow_fsmigration.serving.bucketing import BUCKETS, bucket_of, split
 from airflow_fsmigration.serving.routing import (
     BREAKER_CHANNEL,
     ROUTING_CHANNEL,
     RouteState,
+    RoutingView,
     parse_state,
     routing_key,
 )
@@ -57,13 +66,13 @@ class ServingError(RuntimeError):
     """The old store failed: there is nothing left to fall back to."""
 
 
-class FeatureRouter(ShadowSampling):
+class FeatureRouter(ShadowSampling, RoutingView):
     """Route feature reads between the legacy store and the new store by the registry's ramp.
 
     :param redis_client: ``redis.Redis`` (bytes responses) holding the routing mirror; also used
         for pub/sub, breaker trips and stats unless ``stats_client`` is given. Give it a
-        ``socket_timeout`` so that a hung Redis is noticed (and routing falls back to the old
-        store) instead of blocking the listener.
+        ``socket_timeout`` so that a hung Redis is noticed instead of blocking the listener
+        (routing then stays at its last-known state).
     :param old_backend: the legacy store (e.g. :class:`~.backends.LegacyRedisBackend`).
     :param new_backend: the new store (e.g. :class:`~.backends.PostgresBackend`).
     :param plan: the migration plan; gives shadow comparisons their per-feature tolerances.
@@ -77,6 +86,8 @@ class FeatureRouter(ShadowSampling):
     :param shadow_max_per_s: at most this many shadow reads per second (token bucket).
     :param shadow_max_entities: at most this many entities compared per shadow read.
     :param refresh_s: full re-read of the mirror this often, repairing missed publishes.
+    :param report_s: how often the router reports its applied routing to Redis (and at once
+        after a change); the report lives ``3 x report_s`` (at least 10 s).
     :param listen: run the pub/sub listener (``False``: state is read once per group and on
         :meth:`refresh`; for tools and tests).
     """
@@ -99,6 +110,7 @@ class FeatureRouter(ShadowSampling):
         shadow_max_per_s: float = 50.0,
         shadow_max_entities: int = 20,
         refresh_s: float = 5.0,
+        report_s: float = 2.0,
         listen: bool = True,
     ) -> None:
         self.redis = redis_client
@@ -110,6 +122,10 @@ class FeatureRouter(ShadowSampling):
         self.breaker_reset_s = breaker_reset_s
         self.share_trips = share_trips
         self.refresh_s = refresh_s
+        self.report_s = report_s
+        self._confirmed_at: float | None = None
+        self._report_due = False
+        self._mirror_lost_at: float | None = None
         self.stats = StatsRecorder(
             stats_client or redis_client,
             bucket_s=stats_bucket_s,
@@ -159,6 +175,8 @@ class FeatureRouter(ShadowSampling):
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        with contextlib.suppress(Exception):
+            self.redis.delete(report_key(self.instance_id))
         self.stats.close()
         for backend in (self.new, self.old):
             with contextlib.suppress(Exception):
@@ -170,25 +188,7 @@ class FeatureRouter(ShadowSampling):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- routing state --------------------------------------------------------------------
-    def _apply(self, group: str, state: RouteState | None, *, force: bool = False) -> None:
-        """Take a state unless it is older than the one held (pub/sub and refresh can cross)."""
-        held = self._states.get(group)
-        if not force and state is not None and held is not None and state.version < held.version:
-            return
-        self._states[group] = state
-        threshold = state.threshold if state is not None else 0
-        if self._thresholds.get(group) != threshold:
-            log.info(
-                "group %s: routing now %s%% new (phase %s, version %s)",
-                group,
-                threshold / 100,
-                state.phase if state else "none",
-                state.version if state else "-",
-            )
-            self.routing_updates += 1
-        self._thresholds[group] = threshold
-
+    # -- routing state (rules in :class:`.routing.RoutingView`) -----------------------------
     def _load(self, group: str) -> int:
         """First sight of a group: read its state once (old store if Redis does not answer)."""
         import redis
@@ -197,23 +197,37 @@ class FeatureRouter(ShadowSampling):
             raw = self.redis.get(routing_key(group))
         except redis.RedisError as exc:
             log.warning("group %s: routing state unreadable (%s); serving from the old store", group, exc)
-            raw = None
-        self._apply(group, parse_state(raw, group))
+            self._apply(group, None)
+        else:
+            self._apply_raw(group, raw)
         return self._thresholds[group]
 
     def refresh(self) -> None:
         """Re-read the mirror of every group seen so far (repairs a missed publish)."""
         groups = list(self._thresholds)
-        if not groups:
-            return
-        raws = self.redis.mget([routing_key(g) for g in groups])
+        raws = self.redis.mget([routing_key(g) for g in groups]) if groups else []
+        self._mirror_ok()
         for group, raw in zip(groups, raws, strict=True):
-            self._apply(group, parse_state(raw, group))
+            self._apply_raw(group, raw)
 
-    def _fail_safe(self) -> None:
-        """Redis is unreachable: every known group serves from the old store until it is back."""
-        for group in list(self._thresholds):
-            self._apply(group, None, force=True)
+    def _mirror_ok(self) -> None:
+        now = _monotonic()
+        if self._mirror_lost_at is not None:
+            log.warning(
+                "routing mirror answers again after %.1f s; routing re-read", now - self._mirror_lost_at
+            )
+            self._mirror_lost_at = None
+        self._confirmed_at = now
+
+    def _report(self) -> None:
+        """Tell Redis what this router applies (``fsmigrate status`` compares it with the registry)."""
+        groups = self.applied()
+        for group, doc in groups.items():
+            b = self._breakers.get(group)
+            doc["breaker"] = b.state if b is not None else "closed"
+        text = encode_report(self.instance_id, time.time(), self.routing_age_s(), groups)
+        self.redis.set(report_key(self.instance_id), text, ex=max(10, int(3 * self.report_s) + 1))
+        self._report_due = False
 
     def _listen(self) -> None:
         import redis
@@ -229,20 +243,31 @@ class FeatureRouter(ShadowSampling):
                 self._subscribed.set()
                 backoff = 0.1
                 next_refresh = _monotonic() + self.refresh_s
+                next_report = 0.0
                 while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=min(0.5, self.refresh_s))
+                    msg = pubsub.get_message(timeout=min(0.5, self.refresh_s, self.report_s))
                     if msg is not None and msg.get("type") == "message":
+                        self._confirmed_at = _monotonic()
                         self._on_message(msg["channel"], msg["data"])
                     if _monotonic() >= next_refresh:
                         self.refresh()
                         next_refresh = _monotonic() + self.refresh_s
+                    if self._report_due or _monotonic() >= next_report:
+                        self._report()
+                        next_report = _monotonic() + self.report_s
             except redis.RedisError as exc:
                 self._subscribed.clear()
                 if not self._stop.is_set():
-                    log.warning(
-                        "routing listener lost Redis (%s); serving from the old store until it is back", exc
-                    )
-                    self._fail_safe()
+                    if self._mirror_lost_at is None:
+                        self._mirror_lost_at = _monotonic()
+                        age = self.routing_age_s()
+                        log.warning(
+                            "routing listener lost Redis (%s); keeping the last-known routing "
+                            "(%s; confirmed %s s ago) until it is back",
+                            exc,
+                            self.describe_routing(),
+                            "-" if age is None else f"{age:.1f}",
+                        )
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
             except Exception:  # pragma: no cover - keep listening whatever one message did
@@ -357,6 +382,10 @@ class FeatureRouter(ShadowSampling):
                 start = _now_ns()
                 try:
                     rows = b.call(self.new.read, group, new_ids)
+                except BreakerOpen:  # another thread holds the trial read: no store was tried
+                    self.fallbacks += len(new_ids)
+                    self.stats.record_rejected(group)
+                    old_ids = [*old_ids, *new_ids]
                 except Exception as exc:
                     self._record((group, "new", (_now_ns() - start) // 1000, True))
                     self._fell_back(group, exc, len(new_ids))

@@ -2,7 +2,9 @@
 
 The wire format (key, channel, canonical JSON and what is unreadable) is
 :mod:`airflow_fsmigration.routing_wire`, the one module the registry and serving share.
-A missing or unreadable key (or Redis down) means the old store at 0%: the safe side.
+To a router with no state yet, a missing or unreadable key (or Redis down) means the old store
+at 0%: the safe side. A router that holds a state keeps it through a mirror outage or a missing
+key (see :mod:`.router`). States are ordered by ``(epoch, version)`` (:attr:`RouteState.order`).
 ``rolled_back`` serves 0% new whatever ``ramp_pct`` says; ``frozen`` keeps its ``ramp_pct``.
 """
 
@@ -14,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_fsmigration.routing_wire import CHANNEL as ROUTING_CHANNEL
-from airflow_fsmigration.routing_wire import decode_doc, encode_doc, routing_key
+from airflow_fsmigration.routing_wire import decode_doc, encode_doc, order_key, routing_key
 from airflow_fsmigration.serving.bucketing import threshold_for
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "ROUTING_CHANNEL",
     "ZERO_PHASES",
     "RouteState",
+    "RoutingView",
     "parse_state",
     "publish_state",
     "routing_key",
@@ -43,6 +46,12 @@ class RouteState:
     active_backend: str
     version: int
     updated_at: str | None = None
+    epoch: int = 0
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(epoch, version)``: the newer state is the higher one (epochs survive registry restores)."""
+        return (self.epoch, self.version)
 
     @property
     def threshold(self) -> int:
@@ -59,6 +68,7 @@ class RouteState:
             active_backend=self.active_backend,
             version=self.version,
             updated_at=self.updated_at,
+            epoch=self.epoch,
         )
 
 
@@ -79,6 +89,7 @@ def parse_state(raw: Any, group: str | None = None) -> RouteState | None:
         active_backend=doc["active_backend"],
         version=doc["version"],
         updated_at=doc["updated_at"],
+        epoch=order_key(doc)[0],
     )
     if group is not None and state.group != group:
         log.warning(
@@ -96,6 +107,7 @@ def publish_state(
     ramp_pct: float,
     active_backend: str = "old",
     version: int = 1,
+    epoch: int = 0,
 ) -> RouteState:
     """SET and PUBLISH a routing state in the registry's format (tests, benchmarks, repairs).
 
@@ -109,6 +121,7 @@ def publish_state(
         active_backend=active_backend,
         version=version,
         updated_at=datetime.now(UTC).isoformat(),
+        epoch=epoch,
     )
     payload = state.to_json()
     pipe = client.pipeline(transaction=True)
@@ -116,3 +129,92 @@ def publish_state(
     pipe.publish(ROUTING_CHANNEL, payload)
     pipe.execute()
     return state
+
+
+class RoutingView:
+    """The routing a router applies: last-known state per group, its age, what it reports.
+
+    Mixed into :class:`~.router.FeatureRouter`, which fills ``_thresholds``/``_states`` from the
+    mirror. The rules that keep serving through the router's own dependencies failing:
+
+    * a state is taken only when its ``(epoch, version)`` is not below the one held (pub/sub and
+      a refresh can cross; a restored registry raises the epoch);
+    * a missing key, or Redis not answering, keeps the last-known state (its age is logged and
+      reported); only a router that never read a state serves the old store by default;
+    * an unreadable document still means the old store (someone wrote garbage: the safe side).
+    """
+
+    _thresholds: dict[str, int]
+    _states: dict[str, RouteState | None]
+    _confirmed_at: float | None
+    _report_due: bool
+    routing_updates: int
+
+    def _apply(self, group: str, state: RouteState | None) -> None:
+        held = self._states.get(group)
+        if state is not None and held is not None and state.order < held.order:
+            return
+        self._states[group] = state
+        threshold = state.threshold if state is not None else 0
+        if self._thresholds.get(group) != threshold or (held is None) != (state is None):
+            self._report_due = True
+        if self._thresholds.get(group) != threshold:
+            log.info(
+                "group %s: routing now %s%% new (phase %s, epoch %s, version %s)",
+                group,
+                threshold / 100,
+                state.phase if state else "none",
+                state.epoch if state else "-",
+                state.version if state else "-",
+            )
+            self.routing_updates += 1
+        elif held is not None and state is not None and held.order != state.order:
+            self._report_due = True
+        self._thresholds[group] = threshold
+
+    def _apply_raw(self, group: str, raw: Any) -> None:
+        """Apply a mirror read of ``group``; a missing key keeps a held state."""
+        if raw is None and self._states.get(group) is not None:
+            held = self._states[group]
+            assert held is not None
+            log.warning(
+                "group %s: routing key %s is missing from Redis; keeping the last-known routing "
+                "(%s at %s%%, epoch %s, version %s); run `fsmigrate reconcile PLAN` to rewrite it",
+                group,
+                routing_key(group),
+                held.phase,
+                held.threshold / 100,
+                held.epoch,
+                held.version,
+            )
+            return
+        self._apply(group, parse_state(raw, group))
+
+    def routing_age_s(self) -> float | None:
+        """Seconds since the mirror last answered (None: never); the age of the last-known routing."""
+        import time
+
+        return None if self._confirmed_at is None else time.monotonic() - self._confirmed_at
+
+    def applied(self) -> dict[str, dict[str, Any]]:
+        """What this router serves per group (the report ``fsmigrate status`` compares)."""
+        out: dict[str, dict[str, Any]] = {}
+        for group, threshold in list(self._thresholds.items()):
+            st = self._states.get(group)
+            out[group] = {
+                "epoch": st.epoch if st else None,
+                "version": st.version if st else None,
+                "phase": st.phase if st else None,
+                "ramp_pct": st.ramp_pct if st else None,
+                "serving_pct": threshold / 100,
+            }
+        return out
+
+    def describe_routing(self) -> str:
+        """One line of the routing held, for logs during an outage."""
+        parts = [
+            f"{g} {t / 100:g}% new (v{s.version if s else '-'})"
+            for g, t in list(self._thresholds.items())
+            for s in (self._states.get(g),)
+        ]
+        return ", ".join(parts) or "no group seen yet"
