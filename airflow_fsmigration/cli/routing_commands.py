@@ -3,6 +3,12 @@
 These talk straight to the registry Postgres (plan connection ``registry``) and the Redis mirror
 (plan connection ``legacy_online``), resolved from ``AIRFLOW_CONN_*``, so the one-command
 rollback works when the Airflow scheduler, API server or metadata DB is down.
+
+``status`` compares three things per group: Postgres (the truth), the Redis mirror, and what the
+running routers report they serve (``fsmig:router:*``, see :mod:`airflow_fsmigration.routing_wire`).
+A mirror ahead of Postgres means the registry was restored from a backup: ``reconcile`` and
+``rollback`` then raise the group's epoch (:mod:`airflow_fsmigration.registry.epochs`) so that
+routers, which ignore a lower version, take the registry's state.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ctx = _Context(args.plan)
     try:
         states = ctx.registry.states()
+        reports = _router_reports(ctx.redis) if ctx.redis is not None else None
         rows: list[dict[str, Any]] = []
         for name in ctx.plan.groups:
             st = states.get(name)
@@ -134,6 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "version": st.version if st else None,
                     "updated_at": st.updated_at.isoformat(timespec="seconds") if st else None,
                     "mirror": mirror,
+                    "routers": _routers_verdict(st, reports, name),
                 }
             )
         audit = [a.as_dict() for a in ctx.registry.audit(args.audit)] if args.audit else None
@@ -152,7 +160,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                         f"  v{a['version']} {a['at']} {src} -> {a['to_phase']} {a['to_pct']:g}% "
                         f"by {a['actor']}{run}: {a['reason']}"
                     )
-        drift = [r for r in rows if r["mirror"] not in ("ok", "-")]
+        drift = [r for r in rows if r["mirror"] not in ("ok", "-") or r["routers"].startswith("DRIFT")]
         if not registered(rows):
             print("no group of this plan is registered yet: run `fsmigrate register PLAN`", file=sys.stderr)
         return EXIT_INCONCLUSIVE if drift else EXIT_OK
@@ -165,7 +173,7 @@ def registered(rows: list[dict[str, Any]]) -> bool:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["group", "phase", "ramp_pct", "active_backend", "version", "updated_at", "mirror"]
+    cols = ["group", "phase", "ramp_pct", "active_backend", "version", "updated_at", "mirror", "routers"]
     text = [
         [("" if r[c] is None else (f"{r[c]:g}" if isinstance(r[c], float) else str(r[c]))) for c in cols]
         for r in rows
@@ -179,6 +187,14 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def _move(args: argparse.Namespace, what: str) -> int:
     from airflow_fsmigration.registry.model import IllegalTransition, UnknownGroup
 
+    for flag, value in (("--reason", args.reason), ("--actor", args.actor)):
+        if value is not None and not value.strip():
+            print(
+                f"error: {what} {args.group}: {flag} is blank; say {'why' if flag == '--reason' else 'who'} "
+                "(it goes into the audit log)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
     ctx = _Context(args.plan)
     try:
         if not _group_or_error(ctx, args.group):
@@ -201,6 +217,15 @@ def _move(args: argparse.Namespace, what: str) -> int:
             print(f"{what}: nothing to do, group '{args.group}' is {state.describe()}")
         mirror = ctx.registry.mirror
         why = "Redis unreachable" if mirror is None else mirror.diff(state)
+        if why is not None and mirror is not None and what == "rollback":
+            # A restored registry: routers hold a newer version and would ignore this rollback.
+            notes = _supersede_restored(ctx, [args.group])
+            for group, note in notes.items():
+                print(f"{group}: {note}", file=sys.stderr)
+            if notes:
+                state = ctx.registry.state(args.group)
+                report = mirror.reconcile(_Only({args.group: state}), ctx.plan.name)
+                why = next(iter(report.failed.values()), None) or mirror.diff(state)
         if why is not None:
             print(
                 f"WARNING: committed in the registry, but the Redis mirror is {why}: routers have NOT heard it. "
@@ -226,6 +251,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     ctx = _Context(args.plan, need_mirror=True)
     try:
         assert ctx.registry.mirror is not None
+        superseded = _supersede_restored(ctx, list(ctx.plan.groups))
+        for group, note in superseded.items():
+            print(f"  {group}: {note}")
         report = ctx.registry.mirror.reconcile(ctx.registry, ctx.plan.name)
         print(f"reconcile: {report.summary()}")
         for group, why in report.repaired.items():
@@ -276,3 +304,69 @@ def cmd_keepwarm(args: argparse.Namespace) -> int:
         return EXIT_OK if check.passed else EXIT_FAILED
     finally:
         ctx.close()
+
+
+class _Only:
+    """A :class:`~airflow_fsmigration.registry.mirror.StateSource` of the given states only."""
+
+    def __init__(self, states: dict[str, Any]) -> None:
+        self._states = states
+
+    def states(self, plan_name: str | None = None) -> dict[str, Any]:
+        return self._states
+
+
+def _supersede_restored(ctx: _Context, groups: list[str]) -> dict[str, str]:
+    """Raise the epoch of each group whose mirror is ahead of Postgres (a restored registry)."""
+    from airflow_fsmigration.registry.epochs import epoch_of
+    from airflow_fsmigration.routing_wire import order_key
+
+    notes: dict[str, str] = {}
+    mirror = ctx.registry.mirror
+    states = ctx.registry.states(ctx.plan.name) if groups else {}
+    for group in groups:
+        st = states.get(group)
+        doc = mirror.read(group) if mirror is not None and st is not None else None
+        if st is None or doc is None or order_key(doc) <= (epoch_of(st), st.version):
+            continue
+        epoch, version = order_key(doc)
+        new = ctx.registry.supersede(
+            group, epoch, version, reason=f"mirror at epoch {epoch} version {version} ahead of the registry"
+        )
+        if new is not None:
+            notes[group] = (
+                f"the Redis mirror (epoch {epoch}, version {version}) was ahead of the registry "
+                f"(version {st.version}): a restored registry? epoch raised to {epoch_of(new)} so routers "
+                "take the registry's state"
+            )
+    return notes
+
+
+def _router_reports(client: Any) -> list[dict[str, Any]] | None:
+    """What running routers report they apply (None when Redis cannot be read)."""
+    from airflow_fsmigration.routing_wire import REPORT_PREFIX, decode_report
+
+    try:
+        keys = list(client.scan_iter(match=f"{REPORT_PREFIX}*", count=500))
+        raws = client.mget(keys) if keys else []
+    except Exception as exc:
+        log.warning("could not read router reports from Redis (%s)", exc)
+        return None
+    return [doc for doc in map(decode_report, raws) if doc is not None]
+
+
+def _routers_verdict(state: Any, reports: list[dict[str, Any]] | None, group: str) -> str:
+    """``"N ok"``, ``"DRIFT: ..."`` (routers serve another state than the registry), or ``-``."""
+    from airflow_fsmigration.registry.epochs import epoch_of
+
+    if state is None or reports is None:
+        return "-" if reports is not None else "unreadable"
+    seen = [r["groups"][group] for r in reports if isinstance(r["groups"].get(group), dict)]
+    if not seen:
+        return "-"
+    want = (epoch_of(state), state.version)
+    off = [g for g in seen if (g.get("epoch") or 0, g.get("version")) != want]
+    if not off:
+        return f"{len(seen)} ok"
+    shown = ", ".join(sorted({f"v{g.get('version')} {g.get('serving_pct')}%" for g in off}))
+    return f"DRIFT: {len(off)} of {len(seen)} serve {shown}"

@@ -21,6 +21,9 @@ Concurrency, and why two mechanisms:
 The Redis mirror is written only after commit (a mirror that ran ahead of Postgres could route
 traffic on a change that then rolled back); when that publish fails, ``RoutingMirror.reconcile``
 repairs it.
+
+Epochs (:mod:`.epochs`): states are ordered by ``(epoch, version)``, so a registry restored
+from a backup can still reach routers that hold a newer version: :meth:`Registry.supersede`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from airflow_fsmigration.registry import audit as _audit
 from airflow_fsmigration.registry.audit import COLS as _COLS
 from airflow_fsmigration.registry.audit import MIGRATIONS, DagRunLike
 from airflow_fsmigration.registry.audit import check_who_why as _check_who_why
-from airflow_fsmigration.registry.audit import row_to_state as _state
+from airflow_fsmigration.registry.epochs import EPOCH_DDL, EPOCH_TABLE, epoch_columns, supersede_row
+from airflow_fsmigration.registry.epochs import state_from_row as _state
 from airflow_fsmigration.registry.model import (
     FREEZABLE_PHASES,
     OLD_ONLY_PHASES,
@@ -100,13 +104,18 @@ class Registry:
         self.max_retries = max_retries
         self._conn: Any = None
         self._lock = threading.RLock()
+        self._cols = f"{_COLS}, 0"
 
     # -- connection -------------------------------------------------------------------------
     def connection(self) -> Any:
         """The instance's psycopg connection (opened on first use, reopened when broken)."""
         if self._conn is None or self._conn.closed or getattr(self._conn, "broken", False):
             self._conn = self._factory()
+            self._find_epochs(self._conn)
         return self._conn
+
+    def _find_epochs(self, conn: Any) -> None:
+        self._cols = epoch_columns(conn, _COLS)
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -127,6 +136,8 @@ class Registry:
             conn = self.connection()
             version = ensure_schema(conn, "registry", MIGRATIONS)
             ensure_keepwarm_schema(conn)
+            conn.execute(EPOCH_DDL)
+            self._find_epochs(conn)
             return version
 
     # -- reads ------------------------------------------------------------------------------
@@ -134,7 +145,7 @@ class Registry:
         with self._lock:
             row = (
                 self.connection()
-                .execute(f'SELECT {_COLS} FROM "{SCHEMA}".routing WHERE group_name = %s', (group,))
+                .execute(f'SELECT {self._cols} FROM "{SCHEMA}".routing WHERE group_name = %s', (group,))
                 .fetchone()
             )
         if row is None:
@@ -143,7 +154,9 @@ class Registry:
 
     def states(self, plan_name: str | None = None) -> dict[str, RoutingState]:
         """Every group's state (of one plan when ``plan_name`` is given), by group name."""
-        sql = f'SELECT {_COLS} FROM "{SCHEMA}".routing'
+        with self._lock:
+            self.connection()
+        sql = f'SELECT {self._cols} FROM "{SCHEMA}".routing'
         params: tuple[Any, ...] = ()
         if plan_name is not None:
             sql += " WHERE plan_name = %s"
@@ -177,7 +190,7 @@ class Registry:
                     row = conn.execute(
                         f'INSERT INTO "{SCHEMA}".routing (group_name, plan_name, phase, ramp_pct, active_backend,'
                         " version, updated_by) VALUES (%s, %s, 'planned', 0, 'old', 1, %s)"
-                        f" ON CONFLICT (group_name) DO NOTHING RETURNING {_COLS}",
+                        f" ON CONFLICT (group_name) DO NOTHING RETURNING {self._cols}",
                         (name, plan.name, actor),
                     ).fetchone()
                     if row is None:
@@ -263,7 +276,7 @@ class Registry:
                     row = conn.execute(
                         f'UPDATE "{SCHEMA}".routing SET phase = %s, ramp_pct = %s, active_backend = %s,'
                         " version = version + 1, updated_at = clock_timestamp(), updated_by = %s"
-                        f" WHERE group_name = %s AND version = %s RETURNING {_COLS}",
+                        f" WHERE group_name = %s AND version = %s RETURNING {self._cols}",
                         (target.value, pct, backend_for(pct).value, actor, group, current.version),
                     ).fetchone()
                     if row is not None:
@@ -362,7 +375,7 @@ class Registry:
             conn = self.connection()
             with conn.transaction():
                 row = conn.execute(
-                    f'SELECT {_COLS} FROM "{SCHEMA}".routing WHERE group_name = %s FOR UPDATE', (group,)
+                    f'SELECT {self._cols} FROM "{SCHEMA}".routing WHERE group_name = %s FOR UPDATE', (group,)
                 ).fetchone()
                 if row is None:
                     raise UnknownGroup(group)
@@ -398,7 +411,7 @@ class Registry:
                 row = conn.execute(
                     f'UPDATE "{SCHEMA}".routing SET phase = %s, ramp_pct = %s, active_backend = %s,'
                     " version = version + 1, updated_at = clock_timestamp(), updated_by = %s"
-                    f" WHERE group_name = %s RETURNING {_COLS}",
+                    f" WHERE group_name = %s RETURNING {self._cols}",
                     (target.value, pct, backend_for(pct).value, actor, group),
                 ).fetchone()
                 state = _state(row)
@@ -447,6 +460,23 @@ class Registry:
         if not status.passed:
             raise IllegalTransition(current.group, current, "ready_to_decommission", status.explain())
         return status.as_dict()
+
+    def supersede(
+        self, group: str, mirror_epoch: int, mirror_version: int, *, reason: str
+    ) -> RoutingState | None:
+        """Raise ``group``'s epoch above a mirror that is ahead of Postgres (a restored registry).
+
+        Returns the state to publish, or None when Postgres, re-read under the row lock, is not
+        behind the mirror. See :mod:`.epochs`.
+        """
+        with self._lock:
+            conn = self.connection()
+            if self._cols.endswith(", 0"):
+                raise RegistryError(
+                    f"group '{group}': the registry has no {EPOCH_TABLE} table to record an epoch in; "
+                    "run `fsmigrate register PLAN` (it creates it) with a role that may create tables"
+                )
+            return supersede_row(conn, self._cols, group, mirror_epoch, mirror_version, reason)
 
     def _publish(self, state: RoutingState) -> None:
         if self.mirror is not None:
