@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fsmig_diag_"))
     pg = Postgres(url=args.pg_url) if args.pg_url else start_postgres(workdir / "pg")
     rd = None if args.redis_url else start_redis()
+    redis_url = args.redis_url or (rd.url if rd else "")
     try:
         pg_url = pg.create_database("fsmig_diagnosis_corpus", drop=True)
         corpus = runner.prepare(
             pg_url,
-            args.redis_url or rd.url,
+            redis_url,
             entities=args.entities,
             seed=args.seed,
             workdir=workdir / "plans",

@@ -151,12 +151,12 @@ def generate(conn: Any, entities: int = 2000, seed: int = 7) -> EventLog:
             continue
         hour = 15 if rng.random() < 0.4 else int(rng.integers(0, 24))  # 15 h is as_of's own hour
         cents = int(rng.choice([499, 999, 1499]))
-        merchant = f"sub{cents}"
+        sub = f"sub{cents}"
         day0 = (start_s // 86400) * 86400
         for day in range(DAYS + 1):
             t = day0 + day * 86400 + hour * 3600
             if start_s <= t <= as_of_s:
-                charges.append((charge_id, user_id, merchant, ts(t), cents, cents / 100.0, currency))
+                charges.append((charge_id, user_id, sub, ts(t), cents, cents / 100.0, currency))
                 charge_id += 1
     merchants += [(f"sub{c}", "subscription") for c in (499, 999, 1499)]
 

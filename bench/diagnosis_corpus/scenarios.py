@@ -201,7 +201,7 @@ GROUP BY e.user_id
 
 def plan_dict(scenario: Scenario, schema: str) -> dict:
     """A one-group plan whose new store (schema ``schema``) holds the scenario's definition."""
-    features = [{"name": f, "dtype": "int64"} for f in INTS]
+    features: list[dict[str, object]] = [{"name": f, "dtype": "int64"} for f in INTS]
     features += [{"name": f, "dtype": "float64", "atol": ATOL, "rtol": RTOL} for f in FLOATS]
     features += [{"name": f, "dtype": "timestamp"} for f in TIMESTAMPS]
     return {

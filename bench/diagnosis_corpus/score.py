@@ -124,7 +124,7 @@ class FeatureScore:
     rewrite: str | None = None
     rewrite_expected: bool = False
     rewrite_right: bool | None = None
-    kinds_expected: list[str] = field(default_factory=list)  # truth kinds with >= 10% of the values
+    kinds_expected: list[str] = field(default_factory=list)  # kinds alone changing >= 10% of the values
     kinds_named: list[str] = field(default_factory=list)  # ... that a cause of that kind names here
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def score(scenario: Scenario, truth: Truth, result: Any, seconds_product: float 
             else:
                 fs.worst_extra_share = 0.0
             fs.rewrite_expected = bool(set(ft.dominant) & rewrite_kinds)
-            fs.kinds_expected = sorted(k for k, n in ft.kinds.items() if n >= 0.1 * ft.total)
+            fs.kinds_expected = sorted(k for k, n in ft.only.items() if n >= 0.1 * ft.total)
             fs.kinds_named = [k for k in fs.kinds_expected if any(c.kind == k for c in on_f)]
             if on_f:
                 fs.main = on_f[0].kind

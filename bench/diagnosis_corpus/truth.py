@@ -69,6 +69,7 @@ class FeatureTruth:
     missing_in_new: int = 0
     missing_in_old: int = 0
     kinds: dict[str, int] = field(default_factory=dict)  # a value two defects change counts for both
+    only: dict[str, int] = field(default_factory=dict)  # values that kind alone changes
     interaction: int = 0  # values only the combination of a mix changes
 
     @property
@@ -90,6 +91,7 @@ class FeatureTruth:
             "missing_in_old": self.missing_in_old,
             "total": self.total,
             "kinds": dict(self.kinds),
+            "only": dict(self.only),
             "dominant": self.dominant,
             "interaction": self.interaction,
         }
@@ -132,6 +134,7 @@ def ground_truth(conn: Any, scenario: Scenario, correct: Values | None = None) -
     for f in FEATURES:
         ft = FeatureTruth()
         kinds: Counter[str] = Counter()
+        only: Counter[str] = Counter()
         for entity, status in effect[f].items():
             setattr(ft, status, getattr(ft, status) + 1)
             touched.add(entity)
@@ -139,8 +142,11 @@ def ground_truth(conn: Any, scenario: Scenario, correct: Values | None = None) -
             if not causes:
                 ft.interaction += 1
                 causes = list(scenario.defects)
-            for kind in {DEFECTS[d][0] for d in causes}:
+            value_kinds = {DEFECTS[d][0] for d in causes}
+            for kind in value_kinds:
                 kinds[kind] += 1
-        ft.kinds = dict(kinds)
+            if len(value_kinds) == 1:
+                only[next(iter(value_kinds))] += 1
+        ft.kinds, ft.only = dict(kinds), dict(only)
         features[f] = ft
     return Truth(scenario.name, len(correct), len(mixed), features, len(touched))
