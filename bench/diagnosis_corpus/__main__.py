@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "date": report.now(),
             "machine": report.machine(),
+            "product": report.product_version(),
             "command": " ".join(
                 p for p in ("python -m bench.diagnosis_corpus", f"--entities {args.entities}", names) if p
             ),

@@ -103,7 +103,7 @@ def markdown(scores: list[ScenarioScore], meta: dict[str, Any]) -> str:
     lines = [
         f"## Diagnosis corpus: {meta['entities']:,} users, {len(scores)} scenarios",
         "",
-        f"Date: {meta['date']}. Machine: {meta['machine']}.",
+        f"Date: {meta['date']}. Machine: {meta['machine']}. Product: {meta.get('product', '?')}.",
         f"Command: `{meta['command']}`. Seed {meta['seed']}; event log: {meta['event_log']}.",
         f"Causes scored from: {', '.join(tot['source'])}"
         + (
@@ -137,6 +137,22 @@ def as_json(scores: list[ScenarioScore], meta: dict[str, Any], truths: dict[str,
         "totals": totals(scores),
         "scenarios": [{**s.to_dict(), "truth": truths.get(s.scenario)} for s in scores],
     }
+
+
+def product_version() -> str:
+    """The commit scored, and whether the product's working tree had uncommitted changes."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "airflow_fsmigration"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head}" + (" + uncommitted changes in airflow_fsmigration/" if dirty else "")
 
 
 def now() -> str:
