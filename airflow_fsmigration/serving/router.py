@@ -14,12 +14,9 @@ through it while failures are being counted or a trial is due; a healthy closed 
 one attribute check. A trip is published on ``fsmig:breaker`` so other processes open theirs
 without waiting for their own failures; each process then probes the store on its own timer.
 
-Routing survives its own dependencies: the routing mirror lives in Redis, and when Redis does
-not answer (or restarts without the key) the router keeps its last-known routing and keeps
-serving from whichever store that routing says, logging how old it is
-(:meth:`~.routing.RoutingView.routing_age_s`). A fresh router that never read a state serves
-the old store. Each router reports what it applies under ``fsmig:router:{instance}`` (TTL a few
-report intervals), so ``fsmigrate status`` compares what routers serve with the registry.
+Routing survives its own dependencies: when the mirror's Redis does not answer (or restarts
+without the key) the router keeps its last-known routing, logging its age; a fresh router serves
+the old store. Routers report what they apply (``fsmig:router:{instance}``) for ``status``.
 """
 
 from __future__ import annotations
@@ -465,13 +462,15 @@ def build_router(
     socket_timeout_s: float = 1.0,
     pool_size: int = 4,
     statement_timeout_ms: int = 2000,
+    read_timeout_ms: float | dict[str, float] | None = None,
     **kwargs: Any,
 ) -> FeatureRouter:
     """A router over the plan's legacy Redis and a Postgres-wire new store, from URLs.
 
     For model servers that are configured by URL, for tools, and as a picklable factory
     (``functools.partial(build_router, plan_path, redis_url, pg_url)``) for multi-process load
-    tests. ``kwargs`` go to :class:`FeatureRouter`.
+    tests. ``read_timeout_ms`` is the new store's client-side deadline per read (default: from
+    each group's SLA, see :func:`~.backends.read_timeout_ms`). ``kwargs`` go to :class:`FeatureRouter`.
     """
     import redis
 
@@ -489,7 +488,13 @@ def build_router(
     return FeatureRouter(
         client,
         LegacyRedisBackend.from_plan(client, plan),
-        PostgresBackend(new_store_url, plan, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms),
+        PostgresBackend(
+            new_store_url,
+            plan,
+            pool_size=pool_size,
+            statement_timeout_ms=statement_timeout_ms,
+            read_timeout_ms=read_timeout_ms,
+        ),
         plan=plan,
         **kwargs,
     )
