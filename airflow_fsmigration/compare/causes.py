@@ -24,6 +24,7 @@ CAUSE_KINDS = (
     "unit_scale",
     "lag",
     "late_events",
+    "filter",
     "missing_in_new",
     "missing_in_old",
     "transient",

@@ -58,6 +58,11 @@ _FIX = {
     "unit_scale": "convert to the legacy unit (e.g. cents vs currency units)",
     "lag": "no definition change: the new store's ingestion is behind; check its lag and watermark",
     "transient": "no action unless it persists: the values changed between two reads moments apart",
+    "late_events": "the definition drops events the legacy job counts (late arrivals, a day not yet "
+    "loaded): remove or widen the filter shown below",
+    "filter": "the definition filters out rows the legacy job keeps: remove the filter shown below",
+    "missing_in_new": "align the entity filter (WHERE/HAVING, window start) and the key TTL with the legacy job",
+    "missing_in_old": "align the entity filter (WHERE/HAVING, window start) and the key TTL with the legacy job",
     "unexplained": "no candidate rewrite reproduces these values: compare the definition with the "
     "legacy job by hand, starting from the sample entities",
 }
@@ -150,12 +155,15 @@ def diagnose(
     ``read(source, ids)`` reads a side as the comparison did (default ``source.read``); ``as_of``
     is the time the comparison describes (default: the new store's clock).
     """
-    from airflow_fsmigration.compare import rewrites
+    from airflow_fsmigration.compare.candidates import candidates
 
-    causes = _missing_causes(result)
-    sample = dict(result.mismatch_sample)
-    if not sample:
-        return causes
+    values = dict(result.mismatch_sample)
+    if not values:
+        return _missing_causes(result)
+    # entities on one side only are symptoms too: replayed with the others, linked to their cause
+    missing = {e: "missing_in_new" for e in result.missing_in_new_samples}
+    missing.update({e: "missing_in_old" for e in result.missing_in_old_samples})
+    sample = {**values, **{e: list(result.features) for e in missing}}
     started = time.monotonic()
     if reread_delay_s > 0:
         time.sleep(reread_delay_s)
@@ -194,16 +202,14 @@ def diagnose(
                     sampled=len(persistent),
                 )
                 remaining -= lag
-            pool = rewrites.candidates(
-                sql, plan, group, offsets=_zone_offsets(result), scales=_scales(result)
-            )
+            pool = candidates(sql, plan, group, offsets=_zone_offsets(result), scales=_scales(result))
             _greedy(rp, sql, pool, base, remaining, control_ids, attributed, proofs)
             remaining = persistent - set().union(*attributed.values())
         else:
             log.info("diagnosis of %s: the definition could not be replayed; value patterns only", group.name)
     if remaining:
-        _patterns(result, remaining, attributed)
-    causes += _summarise(result, sample, attributed, proofs)
+        _patterns(result, remaining, attributed, missing)
+    causes = _summarise(result, values, missing, attributed, proofs)
     log.info(
         "diagnosis of %s: %d causes from %d sampled mismatching entities in %.1f s",
         group.name,
@@ -294,7 +300,9 @@ def _greedy(
     return chosen
 
 
-def _patterns(result: ComparisonResult, left: Pairs, attributed: dict[str, Pairs]) -> None:
+def _patterns(
+    result: ComparisonResult, left: Pairs, attributed: dict[str, Pairs], missing: dict[str, str]
+) -> None:
     """Unproven causes: each feature's leftover values go to its dominant value pattern.
 
     A time-zone offset on a timestamp feature names the cause of every mismatching feature of
@@ -306,6 +314,9 @@ def _patterns(result: ComparisonResult, left: Pairs, attributed: dict[str, Pairs
             by_feature[e.feature] = e.kind
     zone_entities = {eid for eid, f in left if by_feature.get(f) is Kind.TIMEZONE_SHIFT}
     for eid, f in left:
+        if eid in missing:
+            attributed.setdefault(f"~{missing[eid]}", set()).add((eid, f))
+            continue
         if eid in zone_entities:
             kind = "time_zone"
         else:
@@ -350,16 +361,23 @@ def _mismatches(result: ComparisonResult, feature: str) -> int:
 
 def _summarise(
     result: ComparisonResult,
-    sample: dict[str, list[str]],
+    values: dict[str, list[str]],
+    missing: dict[str, str],
     attributed: dict[str, Pairs],
     proofs: dict[str, Rewrite],
 ) -> list[RootCause]:
-    """Scale each cause's sampled values to the population, one RootCause per kind."""
+    """Scale each cause's sampled values to the population, one RootCause per kind.
+
+    Differing values and missing keys are sampled at different rates (every missing key up to
+    a few dozen), so each is scaled by its own rate.
+    """
     sampled_per_feature: dict[str, int] = {}
-    for names in sample.values():
+    for names in values.values():
         for f in names:
             sampled_per_feature[f] = sampled_per_feature.get(f, 0) + 1
-    total_entities = _mismatching_entities(result, sample)
+    per_side = {k: sum(1 for v in missing.values() if v == k) for k in ("missing_in_new", "missing_in_old")}
+    population = {"missing_in_new": result.missing_in_new, "missing_in_old": result.missing_in_old}
+    total_entities = _mismatching_entities(result, values)
     out = []
     for key, pairs in attributed.items():
         if not pairs:
@@ -369,12 +387,22 @@ def _summarise(
         feats: dict[str, int] = {}
         shares: dict[str, float] = {}
         for f in _ordered(result.features, (f for _, f in pairs)):
-            n = sum(1 for _, g in pairs if g == f)
-            scale = result.features[f].mismatched / max(1, sampled_per_feature.get(f, n))
-            feats[f] = min(result.features[f].mismatched, round(n * scale)) or n
+            est = 0.0
+            n_values = sum(1 for e, g in pairs if g == f and e not in missing)
+            if n_values:
+                est += n_values * result.features[f].mismatched / max(1, sampled_per_feature.get(f, n_values))
+            for side, n_side in per_side.items():
+                n = sum(1 for e, g in pairs if g == f and missing.get(e) == side)
+                if n:
+                    est += n * population[side] / max(1, n_side)
+            feats[f] = max(1, min(_mismatches(result, f), round(est)))
             shares[f] = feats[f] / max(1, _mismatches(result, f))
-        entities = len({e for e, _ in pairs})
-        entities = round(entities * total_entities / max(1, len(sample)))
+        ents = {e for e, _ in pairs}
+        n_value_ents = len(ents - set(missing))
+        entities = round(n_value_ents * total_entities / max(1, len(values)))
+        for side, n_side in per_side.items():
+            n = sum(1 for e in ents if missing.get(e) == side)
+            entities += round(n * population[side] / max(1, n_side))
         rw = proofs.get(kind) if proven else None
         out.append(
             RootCause(
@@ -386,7 +414,7 @@ def _summarise(
                 fix=_FIX.get(kind, _FIX["unexplained"]),
                 proven=proven and kind not in ("transient", "unexplained"),
                 rewrite=rw if rw is not None and rw.diff else None,
-                samples=sorted({e for e, _ in pairs})[:5],
+                samples=sorted(ents)[:5],
             )
         )
     return out

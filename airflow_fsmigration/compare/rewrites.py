@@ -70,7 +70,7 @@ def diff(sql: str, fixed: str) -> str:
     )
 
 
-def _has_mark(node: Any) -> bool:
+def has_mark(node: Any) -> bool:
     from sqlglot import exp
 
     return any(isinstance(n, exp.Literal) and n.this == _MARK for n in node.walk())
@@ -82,7 +82,7 @@ def _bounds(tree: Any) -> list[tuple[Any, str]]:
 
     out = []
     for node in tree.find_all(exp.GT, exp.GTE, exp.LT, exp.LTE):
-        left_mark, right_mark = _has_mark(node.this), _has_mark(node.expression)
+        left_mark, right_mark = has_mark(node.this), has_mark(node.expression)
         if left_mark == right_mark:
             continue
         column_on_left = right_mark
@@ -109,7 +109,7 @@ def _flip_bounds(which: str | None, index: int | None = None) -> Transform:
     return run
 
 
-def _bound_candidates(tree: Any) -> list[Candidate]:
+def bound_candidates(tree: Any) -> list[Candidate]:
     bounds = _bounds(tree)
     out: list[Candidate] = []
     for side in ("lower", "upper"):
@@ -174,7 +174,7 @@ def _shift_time(plan: MigrationPlan, group: FeatureGroup, seconds: int) -> Trans
     return run
 
 
-def _zone_candidates(
+def zone_candidates(
     tree: Any, plan: MigrationPlan, group: FeatureGroup, offsets: list[int]
 ) -> list[Candidate]:
     from sqlglot import exp
@@ -200,7 +200,7 @@ def _zone_candidates(
     return out
 
 
-def _dedup(plan: MigrationPlan, group: FeatureGroup) -> Transform:
+def dedup(group: FeatureGroup) -> Transform:
     def run(tree: Any) -> Any:
         import sqlglot
         from sqlglot import exp
@@ -223,7 +223,7 @@ def _dedup(plan: MigrationPlan, group: FeatureGroup) -> Transform:
     return run
 
 
-def _strip_coalesce_in_aggregates(tree: Any) -> Any:
+def strip_coalesce_in_aggregates(tree: Any) -> Any:
     from sqlglot import exp
 
     tree = tree.copy()
@@ -233,7 +233,7 @@ def _strip_coalesce_in_aggregates(tree: Any) -> Any:
     return tree
 
 
-def _coalesce_aggregates(tree: Any) -> Any:
+def coalesce_aggregates(tree: Any) -> Any:
     from sqlglot import exp
 
     tree = tree.copy()
@@ -245,7 +245,7 @@ def _coalesce_aggregates(tree: Any) -> Any:
     return tree
 
 
-def _rounding(digits: int | None) -> Transform:
+def rounding(digits: int | None) -> Transform:
     def run(tree: Any) -> Any:
         from sqlglot import exp
 
@@ -260,7 +260,7 @@ def _rounding(digits: int | None) -> Transform:
     return run
 
 
-def _unscale(tree: Any) -> Any:
+def unscale(tree: Any) -> Any:
     from sqlglot import exp
 
     tree = tree.copy()
@@ -273,77 +273,3 @@ def _unscale(tree: Any) -> Any:
         ):
             node.replace(exp.Paren(this=node.this.copy()))
     return tree
-
-
-def _scale_output(feature: str, factor: float) -> Transform:
-    def run(tree: Any) -> Any:
-        from sqlglot import exp
-
-        tree = tree.copy()
-        for proj in tree.selects:
-            if proj.alias_or_name == feature and isinstance(proj, exp.Alias):
-                scaled = exp.Mul(this=exp.Paren(this=proj.this.copy()), expression=exp.Literal.number(factor))
-                proj.set("this", scaled)
-        return tree
-
-    return run
-
-
-def candidates(
-    sql: str,
-    plan: MigrationPlan,
-    group: FeatureGroup,
-    *,
-    offsets: list[int] | None = None,
-    scales: dict[str, float] | None = None,
-) -> list[Candidate]:
-    """Every rewrite worth replaying for this definition.
-
-    :param offsets: time offsets (new - old, seconds) seen on timestamp features; real zone
-        offsets only (the caller filters).
-    :param scales: per feature, the ratio new/old seen on it (a unit scale candidate divides by it).
-    """
-    from sqlglot import exp
-
-    tree = parse(sql)
-    out = _zone_candidates(tree, plan, group, offsets or [])
-    out += _bound_candidates(tree)
-    if any(s.id_column for s in group.event_sources):
-        out.append(
-            Candidate("deduplication", "deduplicate raw events by their id column", _dedup(plan, group))
-        )
-    if any(c.find_ancestor(exp.AggFunc) is not None for c in tree.find_all(exp.Coalesce)):
-        out.append(
-            Candidate(
-                "null_handling",
-                "let aggregates skip NULLs: drop COALESCE(..., 0) inside them",
-                _strip_coalesce_in_aggregates,
-            )
-        )
-    if any(True for _ in tree.find_all(exp.Avg, exp.Sum)):
-        out.append(
-            Candidate(
-                "null_handling", "count NULLs as 0 inside avg/sum: COALESCE(x, 0)", _coalesce_aggregates
-            )
-        )
-    rounds = list(tree.find_all(exp.Round))
-    if rounds:
-        out.append(Candidate("rounding", "drop ROUND(...): keep full precision", _rounding(None)))
-        for d in range(0, 5):
-            out.append(Candidate("rounding", f"round to {d} decimal places", _rounding(d)))
-    if any(
-        isinstance(n.expression, exp.Literal)
-        and n.expression.this in ("100", "1000", "100.0", "1000.0", "0.01")
-        for n in tree.find_all(exp.Div, exp.Mul)
-    ):
-        out.append(Candidate("unit_scale", "drop the scale factor (/100, *100, /1000)", _unscale))
-    for feature, ratio in (scales or {}).items():
-        if ratio and ratio not in (0.0, 1.0):
-            out.append(
-                Candidate(
-                    "unit_scale",
-                    f"scale {feature} by 1/{ratio:g} (another unit)",
-                    _scale_output(feature, 1.0 / ratio),
-                )
-            )
-    return out

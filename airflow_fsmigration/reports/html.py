@@ -30,7 +30,6 @@ __all__ = [
     "bullet_list",
     "code",
     "details",
-    "diff_block",
     "escape",
     "histogram",
     "kv_table",
@@ -105,8 +104,7 @@ details { margin: 6px 0 12px; } summary { cursor: pointer; color: var(--accent);
 .note { border-left: 4px solid var(--line); padding: 4px 12px; color: var(--muted); margin: 8px 0; }
 .note.bad { border-color: #cf222e; color: var(--fg); } .note.warn { border-color: #bf8700; color: var(--fg); }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-pre.diff { font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg-alt);
-           padding: 8px 12px; border-radius: 6px; overflow-x: auto; }
+pre.diff { font: 12px/1.45 ui-monospace, monospace; background: var(--bg-alt); padding: 8px 12px; overflow-x: auto; }
 pre.diff .add { color: #1a7f37; } pre.diff .del { color: #cf222e; } pre.diff .hunk { color: var(--muted); }
 @media print {
   body { max-width: none; padding: 0; font-size: 11px; }
@@ -170,16 +168,6 @@ def details(summary: str, *parts: str | Markup) -> Markup:
 
 def code(text: str) -> Markup:
     return Markup("<code>{}</code>").format(text)
-
-
-def diff_block(text: str) -> Markup:
-    """A unified diff, added lines green and removed lines red (escaped)."""
-    lines = []
-    for line in text.splitlines():
-        css = "add" if line.startswith("+") else "del" if line.startswith("-") else ""
-        css = "hunk" if line.startswith("@@") else css
-        lines.append(Markup('<span class="{}">{}</span>').format(css, line) if css else escape(line))
-    return Markup('<pre class="diff">{}</pre>').format(Markup("\n").join(lines))
 
 
 def badge(status: str, label: str | None = None) -> Markup:

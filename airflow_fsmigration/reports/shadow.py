@@ -128,6 +128,16 @@ def _features(result: ComparisonResult) -> Any:
     return h.section("Features", chart, tbl, anchor="features")
 
 
+def _diff_block(text: str) -> h.Markup:
+    """A unified diff, added lines green and removed lines red (escaped)."""
+    lines = []
+    for line in text.splitlines():
+        css = "add" if line.startswith("+") else "del" if line.startswith("-") else ""
+        css = "hunk" if line.startswith("@@") else css
+        lines.append(h.Markup('<span class="{}">{}</span>').format(css, line) if css else h.escape(line))
+    return h.Markup('<pre class="diff">{}</pre>').format(h.Markup("\n").join(lines))
+
+
 def _causes(result: ComparisonResult) -> Any:
     """Root causes first: what is wrong, on which features, the proof and the fix."""
     if not result.causes:
@@ -154,7 +164,7 @@ def _causes(result: ComparisonResult) -> Any:
         parts.append(h.paragraph(h.Markup("<strong>Fix:</strong> {}").format(c.fix)))
         if c.rewrite is not None and c.rewrite.diff:
             parts.append(h.paragraph(f"Change to the definition ({c.rewrite.description}):"))
-            parts.append(h.diff_block(c.rewrite.diff))
+            parts.append(_diff_block(c.rewrite.diff))
         if len(c.features) > 1:
             parts.append(
                 h.bar_chart(

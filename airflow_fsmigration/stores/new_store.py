@@ -9,6 +9,7 @@ never disagree by construction. Dialect differences are in :mod:`.dialect`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -283,7 +284,16 @@ class NewStore(_pg.AdbcReader):
             pgsql.SQL(body.strip().rstrip(";")),
             self._id_filter(g, "v", "$1"),
         )
-        return conform(self._fetch(_pg.render(query), _pg.bind(entity_ids, as_of.astimezone(UTC))), g)
+        try:
+            table = self._fetch(_pg.render(query), _pg.bind(entity_ids, as_of.astimezone(UTC)))
+        except Exception:
+            # a rewrite that does not run must not leave the connection in a failed transaction
+            if self._adbc is not None:
+                with contextlib.suppress(Exception):
+                    self._adbc.close()
+                self._adbc = None
+            raise
+        return conform(table, g)
 
     def clock(self) -> datetime:
         """The store's own ``now()``: the time its live views describe."""
