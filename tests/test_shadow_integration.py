@@ -316,9 +316,9 @@ def test_cli_shadow_prints_summary_writes_report_and_exit_codes(
     assert html.count("<svg") >= 3 and "new store is +3h" in html and "<script" not in html
     data = json.loads(next(out.glob("shadow_g_*.json")).read_text())
     assert data["verdict"] == "fail" and data["gx"]["verdict"] == "fail"
-    # names and types of the deployed view match the plan; null handling differs on exactly one feature
+    # names and types of the deployed view match the plan
     parity = [r for r in data["schema_parity"]["results"] if r["expectation"] == "fsmig_column_parity"]
-    assert [(r["column"], r["observed_value"]) for r in parity] == [("ratio", "null counts differ")]
+    assert parity == []  # schema only; the null difference of ratio is the comparison's to explain
     assert (out / "gx" / "g" / "index.html").exists()
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM fsmig.shadow_runs").fetchone()[0] == 1

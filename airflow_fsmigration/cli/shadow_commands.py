@@ -134,7 +134,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
             docs = out / "gx" / group.name
             gx = gx_verdict(result, docs_dir=docs)
-            schema = schema_parity(group, new.columns(group), result=result, docs_dir=docs)
+            schema = schema_parity(group, new.columns(group), docs_dir=docs)
         series = store.series(group.name) if store is not None else []
         soak = store.soak_status(plan, group.name) if store is not None else None
         path = write_shadow_report(result, out, series=series, gx=gx, schema=schema, soak=soak)

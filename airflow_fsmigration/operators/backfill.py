@@ -44,7 +44,7 @@ def check_backfill_form(
     Exactly one of cadence (a snapshot grid) or spine table (labels) is given; a grid needs
     start < end, not in the future, within the group's ``backfill_window``.
     """
-    from airflow_fsmigration.plan.durations import parse_duration
+    from airflow_fsmigration.plan.durations import format_duration, parse_duration
 
     problems: list[str] = []
     has_cadence = cadence not in (None, "")
@@ -74,7 +74,8 @@ def check_backfill_form(
         window = plan.groups[group].backfill_window
         if e - s > window:
             problems.append(
-                f"the window {e - s} is longer than group {group}'s backfill_window {window}: "
+                f"the window {format_duration(e - s)} is longer than group {group}'s backfill_window "
+                f"{format_duration(window)}: "
                 "split the backfill or raise backfill_window in the plan"
             )
         if every is not None and every.total_seconds() > 0 and (e - s) / every > 10_000:
