@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.routing_wire import encode_report, report_key
+from airflow_fsmigration.routing_wire import report_key
 from airflow_fsmigration.serving.breaker import BreakerOpen, GroupBreaker
 from airflow_fsmigration.serving.bucketing import BUCKETS, bucket_of, split
 from airflow_fsmigration.serving.routing import (
@@ -123,6 +123,7 @@ class FeatureRouter(ShadowSampling, RoutingView):
         self._confirmed_at: float | None = None
         self._report_due = False
         self._mirror_lost_at: float | None = None
+        self._missing: set[str] = set()  # groups whose key is missing (warned once each)
         self.stats = StatsRecorder(
             stats_client or redis_client,
             bucket_s=stats_bucket_s,
@@ -207,25 +208,6 @@ class FeatureRouter(ShadowSampling, RoutingView):
         for group, raw in zip(groups, raws, strict=True):
             self._apply_raw(group, raw)
 
-    def _mirror_ok(self) -> None:
-        now = _monotonic()
-        if self._mirror_lost_at is not None:
-            log.warning(
-                "routing mirror answers again after %.1f s; routing re-read", now - self._mirror_lost_at
-            )
-            self._mirror_lost_at = None
-        self._confirmed_at = now
-
-    def _report(self) -> None:
-        """Tell Redis what this router applies (``fsmigrate status`` compares it with the registry)."""
-        groups = self.applied()
-        for group, doc in groups.items():
-            b = self._breakers.get(group)
-            doc["breaker"] = b.state if b is not None else "closed"
-        text = encode_report(self.instance_id, time.time(), self.routing_age_s(), groups)
-        self.redis.set(report_key(self.instance_id), text, ex=max(10, int(3 * self.report_s) + 1))
-        self._report_due = False
-
     def _listen(self) -> None:
         import redis
 
@@ -250,7 +232,7 @@ class FeatureRouter(ShadowSampling, RoutingView):
                         self.refresh()
                         next_refresh = _monotonic() + self.refresh_s
                     if self._report_due or _monotonic() >= next_report:
-                        self._report()
+                        self._report()  # never raises: a report is for status, not for serving
                         next_report = _monotonic() + self.report_s
             except redis.RedisError as exc:
                 self._subscribed.clear()

@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_fsmigration.routing_wire import CHANNEL as ROUTING_CHANNEL
-from airflow_fsmigration.routing_wire import decode_doc, encode_doc, order_key, routing_key
+from airflow_fsmigration.routing_wire import (
+    decode_doc,
+    encode_doc,
+    encode_report,
+    order_key,
+    report_key,
+    routing_key,
+)
 from airflow_fsmigration.serving.bucketing import threshold_for
 
 __all__ = [
@@ -148,6 +155,12 @@ class RoutingView:
     _states: dict[str, RouteState | None]
     _confirmed_at: float | None
     _report_due: bool
+    _mirror_lost_at: float | None
+    _missing: set[str]
+    _breakers: dict[str, Any]
+    redis: Any
+    instance_id: str
+    report_s: float
     routing_updates: int
 
     def _apply(self, group: str, state: RouteState | None) -> None:
@@ -177,6 +190,9 @@ class RoutingView:
         if raw is None and self._states.get(group) is not None:
             held = self._states[group]
             assert held is not None
+            if group in self._missing:
+                return
+            self._missing.add(group)
             log.warning(
                 "group %s: routing key %s is missing from Redis; keeping the last-known routing "
                 "(%s at %s%%, epoch %s, version %s); run `fsmigrate reconcile PLAN` to rewrite it",
@@ -188,7 +204,35 @@ class RoutingView:
                 held.version,
             )
             return
+        self._missing.discard(group)
         self._apply(group, parse_state(raw, group))
+
+    def _mirror_ok(self) -> None:
+        """The mirror answered: the routing held is current again."""
+        import time
+
+        now = time.monotonic()
+        if self._mirror_lost_at is not None:
+            log.warning(
+                "routing mirror answers again after %.1f s; routing re-read", now - self._mirror_lost_at
+            )
+            self._mirror_lost_at = None
+        self._confirmed_at = now
+
+    def _report(self) -> None:
+        """Tell Redis what this router applies; a failure only costs ``status`` its view."""
+        import time
+
+        groups = self.applied()
+        for group, doc in groups.items():
+            b = self._breakers.get(group)
+            doc["breaker"] = b.state if b is not None else "closed"
+        text = encode_report(self.instance_id, time.time(), self.routing_age_s(), groups)
+        self._report_due = False
+        try:
+            self.redis.set(report_key(self.instance_id), text, ex=max(10, int(3 * self.report_s) + 1))
+        except Exception as exc:
+            log.debug("routing report not written (%s)", exc)
 
     def routing_age_s(self) -> float | None:
         """Seconds since the mirror last answered (None: never); the age of the last-known routing."""
