@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,7 @@ class ShadowRun:
     explanations: list[dict[str, Any]]
     shard: str | None = None
     recorded_at: datetime | None = None
+    causes: list[dict[str, Any]] = field(default_factory=list)  # root causes (compare.causes)
 
     @property
     def mismatch_rate(self) -> float | None:
@@ -84,6 +85,7 @@ class ShadowRun:
             "entities_compared": self.entities_compared,
             "feature_rates": self.feature_rates,
             "explanations": self.explanations,
+            "causes": self.causes,
             "shard": self.shard,
         }
 
@@ -145,7 +147,8 @@ class ResultStore:
         self.ensure()
         rows = self.conn.execute(
             "SELECT run_id, group_name, logical_time, verdict, threshold, match_rate, entities_requested,"
-            f' entities_compared, feature_rates, explanations, shard, recorded_at FROM "{SCHEMA}".shadow_runs'
+            " entities_compared, feature_rates, explanations, shard, recorded_at,"
+            f" coalesce(result->'causes', '[]'::jsonb) FROM \"{SCHEMA}\".shadow_runs"
             " WHERE group_name = %s AND (%s::timestamptz IS NULL OR logical_time >= %s::timestamptz)"
             " ORDER BY logical_time, recorded_at",
             (group, since, since),
@@ -164,6 +167,7 @@ class ResultStore:
                 explanations=r[9],
                 shard=r[10],
                 recorded_at=r[11],
+                causes=r[12],
             )
             for r in rows
         ]

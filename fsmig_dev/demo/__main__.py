@@ -395,8 +395,16 @@ def write_demo_report(
     for name in waves.order:
         data, html_path = _latest_shadow(out_dir, name)
         rate = data.get("match_rate") if data else None
+        causes = (data or {}).get("causes") or []
         top = (data or {}).get("explanations") or []
         main = max(top, key=lambda e: e.get("rows", 0)) if top else None
+        if causes:  # the root cause first: the features it moves and the proof
+            c = causes[0]
+            main = {
+                "kind": f"{c['kind']} ({'proven by replay' if c.get('proven') else 'value pattern'})",
+                "feature": ", ".join(c.get("features", {})),
+                "evidence": c.get("fix", ""),
+            }
         rows.append(
             [
                 waves.wave_of(name),

@@ -72,8 +72,13 @@ class GroupStory:
         stopped = f"{self.failed_task} failed" if self.failed_task else None
         if self.series and self.latest_verdict != "pass":
             last = self.series[-1]
-            main = max(last.explanations or [{}], key=lambda e: e.get("rows", 0))
-            what = f"{main.get('kind')}: {main.get('evidence')}" if main.get("kind") else ""
+            if last.causes:  # the root cause, with the features it moves and its fix
+                top = last.causes[0]
+                proof = "proven by replay" if top.get("proven") else "value pattern"
+                what = f"root cause {top['kind']} on {', '.join(top.get('features', {}))} ({proof}): {top.get('fix')}"
+            else:
+                main = max(last.explanations or [{}], key=lambda e: e.get("rows", 0))
+                what = f"{main.get('kind')}: {main.get('evidence')}" if main.get("kind") else ""
             shadow = f"shadow comparison {last.verdict} {_rate(last.match_rate)}" + (
                 f" ({what})" if what else ""
             )
