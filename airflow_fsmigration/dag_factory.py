@@ -242,14 +242,12 @@ def build_rollback_dag(ctx: DagContext, group: str) -> DAG:
                 minLength=REASON_MIN,
                 maxLength=REASON_MAX,
                 title="Reason",
-                description=(
-                    f"Why roll back? {REASON_MIN} to {REASON_MAX} characters; written to the routing "
-                    "audit log with who triggered the run."
-                ),
+                # description_md only: Airflow's form shows the plain description instead when both are set
                 description_md=(
-                    f"Why roll back? **At least {REASON_MIN} characters** (the form will not trigger "
-                    "with fewer). It goes into the routing audit log with who triggered the run, and "
-                    f"the cockpit shows it. Serving of `{group}` switches back to the old store at once."
+                    f"Why roll back? **At least {REASON_MIN} characters** (at most {REASON_MAX}): "
+                    "Trigger refuses a shorter reason before any run starts. It goes into the routing "
+                    f"audit log with who triggered the run, and the cockpit shows it. Serving of `{group}` "
+                    "switches back to the old store at once."
                 ),
             )
         },

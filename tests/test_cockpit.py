@@ -14,7 +14,7 @@ import time
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -70,6 +70,140 @@ def test_rows_follow_waves_and_say_the_next_gate(demo_plan) -> None:
     assert page.count("<tr>") >= len(demo_plan.groups)
     assert "99.800%" in page and 'href="/dags/user_txn_stats_rollback"' in page
     assert "bake breach: p99 +31 ms" in page
+
+
+# --- the cockpit reflects reality: runs, audit reasons, the objective chart ---------------------
+
+
+def _audit(group: str, *moves: tuple[str | None, float, str, float, str]) -> list:
+    from airflow_fsmigration.registry.model import AuditEntry, Phase
+
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    return [
+        AuditEntry(
+            id=i,
+            group=group,
+            version=i + 1,
+            at=at + timedelta(hours=i),
+            actor="airflow:x.y",
+            reason=reason,
+            from_phase=Phase(src) if src else None,
+            from_pct=src_pct,
+            to_phase=Phase(dst),
+            to_pct=dst_pct,
+            dag_id=f"fsmig__{group}__migrate",
+            run_id=f"manual__{i}",
+            evidence=None,
+        )
+        for i, (src, src_pct, dst, dst_pct, reason) in enumerate(moves)
+    ]
+
+
+@dataclass
+class _Run:
+    match_rate: float
+    verdict: str
+    recorded_at: datetime
+    explanations: list
+
+
+def _failed_run(group: str, task: str, at: datetime):
+    from airflow_fsmigration.plugins.cockpit_runs import RunInfo, TaskRef
+
+    return RunInfo(
+        dag_id=f"fsmig__{group}__migrate",
+        run_id="manual__1",
+        state="failed",
+        started=at - timedelta(minutes=3),
+        ended=at + timedelta(minutes=1),
+        run_after=at - timedelta(minutes=3),
+        failed=(TaskRef(task, "failed", at), TaskRef("shadow_soak", "upstream_failed", at)),
+    )
+
+
+@pytest.mark.unit
+def test_a_failed_run_is_what_the_cockpit_says_with_cause_reasons_and_chart(demo_plan) -> None:
+    import re
+
+    from airflow_fsmigration.plugins.cockpit_view import GroupView, render
+
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    cause = {
+        "kind": "timezone_shift",
+        "feature": "last_session_ts",
+        "rows": 117,
+        "share": 0.57,
+        "evidence": "new store is +5h on 117 rows",
+        "fix": "use AT TIME ZONE 'UTC' in the definition",
+    }
+    series = [_Run(0.86, "fail", now - timedelta(minutes=5), [cause])]
+    rows = gather(
+        demo_plan,
+        plan_path="p",
+        states={},
+        series=lambda g: series if g == "user_session_stats" else [],
+        dag_ids=lambda g: {"migrate": f"fsmig__{g}__migrate", "rollback": f"fsmig__{g}__rollback"},
+    )
+    views = {r.group: GroupView(status=r) for r in rows}
+    bug = views["user_session_stats"]
+    bug.series = series
+    bug.runs = {"migrate": [_failed_run("user_session_stats", "shadow_compare", now - timedelta(minutes=4))]}
+    gate = bug.next_gate(now)
+    assert "deploy the definition" not in gate and "failed at task shadow_compare 4m ago" in gate
+    assert "last_session_ts" in gate and "AT TIME ZONE" in gate
+    # never ran: says to trigger the migrate DAG, not "no runs yet"
+    assert views["user_profile"].next_gate(now).startswith("trigger the migrate DAG")
+
+    ms = views["merchant_stats"]
+    ms.audit = _audit(
+        "merchant_stats",
+        (None, 0, "planned", 0, "registered by plan"),
+        ("planned", 0, "shadow", 0, "definition deployed, schema parity passed"),
+        ("shadow", 0, "ramping", 5, "soak green for 14d"),
+        ("ramping", 5, "rolled_back", 0, "automatic rollback: bake_50: AUC -2.1%"),
+    )
+    ms.series = [_Run(0.999 - i * 0.0001, "pass", now - timedelta(days=13 - i), []) for i in range(10)]
+    page = render(demo_plan, list(views.values()), now=now)
+    for reason in ("registered by plan", "schema parity passed", "soak green for 14d", "bake_50: AUC -2.1%"):
+        assert reason in page
+    assert "new store is +5h on 117 rows" in page and "shadow_compare" in page
+    assert 'href="/dags/fsmig__user_session_stats__migrate/runs/manual__1/tasks/shadow_compare"' in page
+    links = re.findall(r"<a [^>]*>", page)
+    assert links and all('target="_top"' in a for a in links if 'href="#' not in a)
+    assert page.count('<svg class="soak"') == 2  # the groups with comparisons
+    assert "99.5%" in page and "error budget" in page
+    assert "<script" not in page and "cdn" not in page.lower()
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_latest_runs_read_from_the_metadata_db(run_dag) -> None:
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.sdk import DAG
+
+    from airflow_fsmigration.plugins.cockpit_runs import latest_runs
+
+    def boom() -> None:
+        raise RuntimeError("planted")
+
+    with DAG("fsmig__t_cockpit__migrate", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)) as dag:
+        ok = EmptyOperator(task_id="ok")
+        bad = PythonOperator(task_id="shadow_compare", python_callable=boom)
+        after = EmptyOperator(task_id="shadow_soak")
+        ok >> bad >> after
+    dr = run_dag(dag)
+    assert dr.state == "failed"
+    runs = latest_runs(["fsmig__t_cockpit__migrate", "fsmig__nobody__migrate"])
+    assert list(runs) == ["fsmig__t_cockpit__migrate"]
+    run = runs["fsmig__t_cockpit__migrate"][0]
+    assert (run.run_id, run.state) == (dr.run_id, "failed")
+    assert run.first_failed is not None and run.first_failed.task_id == "shadow_compare"
+    assert {t.task_id: t.state for t in run.failed} == {
+        "shadow_compare": "failed",
+        "shadow_soak": "upstream_failed",
+    }
+    assert run.since is not None and run.to_dict()["failed_task"] == "shadow_compare"
 
 
 # --- the page in a real browser, against a running Airflow API server -------------------------
@@ -178,13 +312,12 @@ def test_cockpit_in_browser_requires_login(api_server: str, browser, demo_plan) 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # Anonymous: refused, and nothing of the plan leaks.
+    # Anonymous: sent to Airflow's login page, and nothing of the plan leaks.
     browser.get(f"{api_server}/fsmig/cockpit")
-    assert "Not authenticated" in browser.page_source
+    WebDriverWait(browser, 60).until(lambda d: "/auth/login" in d.current_url)
     assert "merchant_stats" not in browser.page_source
 
     # Log in through Airflow's own login page as a viewer.
-    browser.get(f"{api_server}/auth/login")
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[name=username]"))
     browser.find_element(By.CSS_SELECTOR, "input[name=username]").send_keys("vera")
     browser.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys("vera-pw")
@@ -192,11 +325,11 @@ def test_cockpit_in_browser_requires_login(api_server: str, browser, demo_plan) 
     WebDriverWait(browser, 60).until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
 
     browser.get(f"{api_server}/fsmig/cockpit")
-    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table"))
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#summary table"))
     assert browser.title == "Migration cockpit: fraud_recs_platform"
     rows = {
         r.find_elements(By.TAG_NAME, "td")[1].text: r.text
-        for r in browser.find_elements(By.CSS_SELECTOR, "table tr")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#summary tr")
         if r.find_elements(By.TAG_NAME, "td")
     }
     assert set(rows) == set(demo_plan.groups)
@@ -204,6 +337,7 @@ def test_cockpit_in_browser_requires_login(api_server: str, browser, demo_plan) 
     assert "shadow" in rows["item_popularity"]
     assert "planned" in rows["fraud_decision_features"]
     assert "could not read" not in browser.page_source
+    assert "soak green" in browser.page_source  # the transition's reason, from the audit log
     shots = REPO / ".fsmig"
     shots.mkdir(exist_ok=True)
     browser.save_screenshot(str(shots / "cockpit.png"))  # for the README; .fsmig is gitignored
@@ -238,7 +372,7 @@ def test_everything_put_into_the_page_is_escaped(demo_plan) -> None:
 
 
 @pytest.fixture
-def cockpit_env(pg_url, demo_plan, tmp_path, monkeypatch):
+def cockpit_env(pg_url, demo_plan, tmp_path, monkeypatch, airflow_db):
     """A registry with two groups moved, the plan (a copy, so its files can be touched) configured
     the way the DAG file reads it, and a private plan cache."""
     from airflow_fsmigration.registry.routing import Registry
@@ -350,7 +484,7 @@ def cockpit_client(monkeypatch):
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi.testclient import TestClient
 
-    from airflow_fsmigration.plugins.cockpit import create_app
+    from airflow_fsmigration.plugins.cockpit import browser_user, create_app
 
     class _Everyone:
         def is_authorized_dag(self, **_kw):
@@ -358,7 +492,8 @@ def cockpit_client(monkeypatch):
 
     monkeypatch.setattr(api_app, "get_auth_manager", lambda: _Everyone())
     app = create_app()
-    app.dependency_overrides[get_user] = lambda: None
+    app.dependency_overrides[get_user] = lambda: "tester"
+    app.dependency_overrides[browser_user] = lambda: "tester"
     with TestClient(app) as client:
         yield client
 
