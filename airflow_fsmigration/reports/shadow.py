@@ -133,26 +133,33 @@ def _diff_block(text: str) -> h.Markup:
     lines = []
     for line in text.splitlines():
         css = "add" if line.startswith("+") else "del" if line.startswith("-") else ""
-        css = "hunk" if line.startswith("@@") else css
+        css = "hunk" if line.startswith(("@@", "---", "+++")) else css
         lines.append(h.Markup('<span class="{}">{}</span>').format(css, line) if css else h.escape(line))
     return h.Markup('<pre class="diff">{}</pre>').format(h.Markup("\n").join(lines))
 
 
 def _causes(result: ComparisonResult) -> Any:
     """Root causes first: what is wrong, on which features, the proof and the fix."""
+    verdict = h.paragraph(
+        h.badge(str(result.verdict))
+        + h.Markup(" match rate {} against the threshold {}; {} root cause(s) below").format(
+            _pct(result.match_rate, 4), _pct(result.threshold, 2), len(result.causes)
+        )
+    )
     if not result.causes:
         text = (
             "No mismatches: nothing to diagnose."
             if not result.mismatched_values
             else "No root cause could be established; see the value patterns under Explanations."
         )
-        return h.section("Root causes", h.paragraph(text), anchor="causes")
+        return h.section("Root causes", verdict, h.paragraph(text), anchor="causes")
     parts: list[Any] = [
+        verdict,
         h.paragraph(
             "Each mismatching entity is attributed to one cause; a cause is proven when replaying the "
             "group's definition with the change shown reproduces the legacy values of the sampled "
             "mismatching entities and leaves the matching control entities unchanged."
-        )
+        ),
     ]
     for i, c in enumerate(result.causes, start=1):
         proof = h.badge("pass", "proven by replay") if c.proven else h.badge("inconclusive", "value pattern")
