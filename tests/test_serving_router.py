@@ -443,6 +443,22 @@ def test_routing_redis_down_keeps_last_known_routing(demo_plan, redis_client, pg
 
 
 @pytest.mark.unit
+def test_decode_memo_keeps_the_meaning_and_counts_every_bad_value(demo_plan):
+    from airflow_fsmigration.serving.backends import DECODE_MEMO_MAX
+
+    backend = LegacyRedisBackend.from_plan(None, demo_plan)
+    raw = {b"kyc_level": b"x1", b"account_age_days": b"42.0", b"country": b'"DE"'}
+    rows = [backend.decode_row(GROUP, f"e{i}", raw) for i in range(3)]  # the 2nd and 3rd hit the memo
+    assert all(r["account_age_days"] == 42 and r["country"] == "DE" and r["kyc_level"] is None for r in rows)
+    assert backend.decode_errors == 3 and all(r.undecodable == {"kyc_level"} for r in rows)
+    for i in range(DECODE_MEMO_MAX + 10):
+        backend.decode_row(GROUP, "e", {b"account_age_days": str(i).encode()})
+    memo = next(m for _f, name, _d, m in backend._spec(GROUP)[2] if name == "account_age_days")
+    assert len(memo) == DECODE_MEMO_MAX  # bounded; later values are decoded, not kept
+    assert backend.decode_row(GROUP, "e", {b"account_age_days": b"5000"})["account_age_days"] == 5000
+
+
+@pytest.mark.unit
 def test_serving_imports_no_airflow():
     code = (
         "import sys\n"

@@ -67,6 +67,13 @@ class UndecodableRow(dict[str, Any]):
         self.undecodable = undecodable
 
 
+# (field as bytes, feature name, semantics decoder, memo of raw value -> decoded value)
+_FieldDecoder = tuple[bytes, str, Callable[[bytes | str], Any], dict[Any, Any]]
+_MISS = object()
+# Raw values memoised per feature: ~100 bytes each, so at most ~100 KB per feature.
+DECODE_MEMO_MAX = 1024
+
+
 class LegacyRedisBackend:
     """The legacy online store: one Redis hash per entity at the plan's ``key_template``.
 
@@ -77,6 +84,11 @@ class LegacyRedisBackend:
     is a missing entity; a missing field is a null. A value that does not decode is served as
     null, counted in ``decode_errors`` and logged once per (group, feature), since the old store
     is the fallback of last resort and must not fail a request over one bad field.
+
+    Decoding is memoised per feature: a legacy value's meaning is a pure function of its raw
+    bytes, dtype and encoding (:func:`semantics.decoder` decides it on a miss), and the results
+    are immutable, so a repeated raw value ("DE", "true", "0") costs one dict lookup instead of a
+    decode. Each feature keeps at most :data:`DECODE_MEMO_MAX` raw values (then only looks up).
     """
 
     name = "old"
@@ -85,15 +97,15 @@ class LegacyRedisBackend:
         self.client = client
         self.decode_errors = 0
         self._warned: set[tuple[str, str]] = set()
-        self._groups: dict[str, tuple[str, str, list[tuple[bytes, str, Callable[[bytes | str], Any]]]]] = {}
+        self._groups: dict[str, tuple[str, str, list[_FieldDecoder]]] = {}
         for g in groups:
             try:
                 prefix, suffix = semantics.key_affixes(g.legacy_online.key_template)
             except ValueError as exc:
                 raise ValueError(f"group '{g.name}': {exc}") from None
             encoding = str(g.legacy_online.encoding)
-            decoders = [
-                (f.name.encode(), f.name, semantics.decoder(str(f.dtype), encoding)) for f in g.features
+            decoders: list[_FieldDecoder] = [
+                (f.name.encode(), f.name, semantics.decoder(str(f.dtype), encoding), {}) for f in g.features
             ]
             self._groups[g.name] = (prefix, suffix, decoders)
 
@@ -105,7 +117,7 @@ class LegacyRedisBackend:
         prefix, suffix, _ = self._spec(group)
         return prefix + entity_id + suffix
 
-    def _spec(self, group: str) -> tuple[str, str, list[tuple[bytes, str, Callable[[bytes | str], Any]]]]:
+    def _spec(self, group: str) -> tuple[str, str, list[_FieldDecoder]]:
         try:
             return self._groups[group]
         except KeyError:
@@ -131,19 +143,23 @@ class LegacyRedisBackend:
         group: str,
         entity_id: str,
         raw: dict[bytes, bytes],
-        decoders: list[tuple[bytes, str, Callable[[bytes | str], Any]]] | None = None,
+        decoders: list[_FieldDecoder] | None = None,
     ) -> dict[str, Any]:
         """One entity's hash (field -> raw value) as a served row; a bad value is a counted null."""
         if decoders is None:
             decoders = self._spec(group)[2]
         row: dict[str, Any] = {}
         bad: list[str] | None = None
-        for field, name, decode in decoders:
+        for field, name, decode, memo in decoders:
             value = raw.get(field)
             if value is None:
                 row[name] = None
                 continue
-            decoded = decode(value)
+            decoded = memo.get(value, _MISS)
+            if decoded is _MISS:
+                decoded = decode(value)
+                if len(memo) < DECODE_MEMO_MAX:
+                    memo[value] = decoded
             if decoded is UNDECODABLE:
                 row[name] = None
                 self._bad_value(group, name, entity_id, value)
