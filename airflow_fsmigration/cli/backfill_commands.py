@@ -9,12 +9,19 @@ derived from the parameters unless ``--run-id`` is given).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from airflow_fsmigration.cli import bounded_int, output_dir
+from airflow_fsmigration.plan.durations import format_duration
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+# A snapshot grid is refused above this many times before anything runs: `--every 1ms` over a
+# day would be 86 million snapshot queries (and a grid that alone fills gigabytes of memory).
+DEFAULT_MAX_SNAPSHOTS = 10_000
 
 
 def _when(text: str) -> datetime:
@@ -28,13 +35,69 @@ def _when(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _duration(text: str) -> Any:
+def _cadence(text: str) -> timedelta:
+    """A snapshot cadence: a duration of at least one second (``0s`` would never advance)."""
     from airflow_fsmigration.plan.durations import parse_duration
 
     try:
-        return parse_duration(text)
+        value = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < timedelta(seconds=1):
+        raise argparse.ArgumentTypeError(f"--every {text} is under 1s: snapshot times are at least 1s apart")
+    return value
+
+
+def _sql_name(kind: str) -> Any:
+    """An argparse type for a table or column name, by the plan's own rule (no injection shapes)."""
+    from airflow_fsmigration.plan.model import column_name, relation_name
+
+    check = relation_name if kind == "table" else column_name
+
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _run_id(text: str) -> str:
+    if not text.strip() or len(text) > 200 or any(ord(c) < 32 for c in text):
+        raise argparse.ArgumentTypeError("a run id is 1..200 printable characters")
+    return text
+
+
+def _max_snapshots() -> int:
+    """The default grid limit: ``$FSMIG_BACKFILL_MAX_SNAPSHOTS`` or 10,000 snapshot times."""
+    try:
+        return max(1, int(os.environ.get("FSMIG_BACKFILL_MAX_SNAPSHOTS", DEFAULT_MAX_SNAPSHOTS)))
+    except ValueError:
+        return DEFAULT_MAX_SNAPSHOTS
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _window_error(args: argparse.Namespace) -> str | None:
+    """Argument errors a parser cannot see alone (start/end order, the grid's size), or None."""
+    if args.start is not None and args.end is not None and args.end < args.start:
+        return f"--end {_iso(args.end)} is before --start {_iso(args.start)}"
+    if getattr(args, "every", None) is None:
+        return None
+    if args.start is None or args.end is None:
+        return "--every needs --start and --end"
+    count = (args.end - args.start) // args.every + 1
+    if count > args.max_snapshots:
+        return (
+            f"the grid --start {_iso(args.start)} --end {_iso(args.end)} --every "
+            f"{format_duration(args.every)} is {count:,} snapshot times, over the limit of "
+            f"{args.max_snapshots:,}: use a coarser --every or a shorter window, or raise the limit with "
+            "--max-snapshots N (or FSMIG_BACKFILL_MAX_SNAPSHOTS)"
+        )
+    return None
 
 
 def register(sub: Any) -> None:
@@ -51,20 +114,48 @@ def register(sub: Any) -> None:
     p.add_argument("--start", type=_when, help="first snapshot time (ISO 8601, UTC if no offset)")
     p.add_argument("--end", type=_when, help="last snapshot time (inclusive)")
     shape = p.add_mutually_exclusive_group(required=True)
-    shape.add_argument("--every", type=_duration, help="snapshot cadence, e.g. 1d or 1h")
+    shape.add_argument("--every", type=_cadence, help="snapshot cadence, e.g. 1d or 1h (at least 1s)")
     shape.add_argument(
-        "--spine", metavar="TABLE", help="label spine table (schema.table) of entity and time rows"
+        "--spine",
+        metavar="TABLE",
+        type=_sql_name("table"),
+        help="label spine table (schema.table) of entity and time rows",
     )
     p.add_argument(
-        "--spine-entity-column", help="entity column of the spine (default: the group's entity key)"
+        "--spine-entity-column",
+        type=_sql_name("column"),
+        help="entity column of the spine (default: the group's entity key)",
     )
     p.add_argument(
-        "--spine-time-column", help="label time column of the spine (default: its one timestamp column)"
+        "--spine-time-column",
+        type=_sql_name("column"),
+        help="label time column of the spine (default: its one timestamp column)",
     )
-    p.add_argument("--run-id", help="run id (default: derived from the parameters, so a re-run resumes)")
-    p.add_argument("--out", type=Path, help="also write the run's training snapshot as Parquet under DIR")
-    p.add_argument("--snapshots-per-chunk", type=int, default=1, help="snapshot times per chunk (grid)")
-    p.add_argument("--labels-per-chunk", type=int, default=100_000, help="labels per chunk (spine)")
+    p.add_argument(
+        "--run-id", type=_run_id, help="run id (default: derived from the parameters, so a re-run resumes)"
+    )
+    p.add_argument(
+        "--out", type=output_dir, help="also write the run's training snapshot as Parquet under DIR"
+    )
+    p.add_argument(
+        "--snapshots-per-chunk",
+        type=bounded_int(1, 10_000),
+        default=1,
+        help="snapshot times per chunk (grid)",
+    )
+    p.add_argument(
+        "--labels-per-chunk",
+        type=bounded_int(1, 10_000_000),
+        default=100_000,
+        help="labels per chunk (spine)",
+    )
+    p.add_argument(
+        "--max-snapshots",
+        type=bounded_int(1, 10_000_000),
+        default=_max_snapshots(),
+        help=f"refuse a grid of more snapshot times than this (default {DEFAULT_MAX_SNAPSHOTS:,}, "
+        "or $FSMIG_BACKFILL_MAX_SNAPSHOTS)",
+    )
     p.add_argument(
         "--strategy",
         choices=["auto", "lateral", "per_timestamp"],
@@ -81,9 +172,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("plan", type=Path)
     p.add_argument("group")
-    p.add_argument("--sample", type=int, default=1000, help="(entity, time) pairs (default 1000)")
-    p.add_argument("--times", type=int, default=10, help="distinct history times to sample (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sample", type=bounded_int(1, 10_000_000), default=1000, help="(entity, time) pairs (default 1000)"
+    )
+    p.add_argument(
+        "--times",
+        type=bounded_int(1, 100_000),
+        default=10,
+        help="distinct history times to sample (default 10)",
+    )
+    p.add_argument("--seed", type=bounded_int(-(2**63), 2**63 - 1), default=0)
     p.add_argument("--start", type=_when, help="sample history times from here")
     p.add_argument("--end", type=_when, help="sample history times up to here")
     p.set_defaults(func=cmd_pit)
@@ -108,13 +206,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from airflow_fsmigration.connections import connect_postgres
     from airflow_fsmigration.plan import load_plan
 
+    problem = _window_error(args)
+    if problem:
+        print(f"fsmigrate backfill: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     plan = load_plan(args.plan)
     group = _group(plan, args.group)
     if group is None:
-        return EXIT_BAD_INPUT
-    if args.every is not None and (args.start is None or args.end is None):
-        print("error: --every needs --start and --end", file=sys.stderr)
         return EXIT_BAD_INPUT
     c = plan.connections
     store = connect_postgres(c.new_store, autocommit=True, application_name="fsmigrate-backfill")
@@ -166,6 +265,10 @@ def cmd_pit(args: argparse.Namespace) -> int:
     from airflow_fsmigration.plan import load_plan
     from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
 
+    problem = _window_error(args)
+    if problem:
+        print(f"fsmigrate pit: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     plan = load_plan(args.plan)
     group = _group(plan, args.group)
     if group is None:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from airflow_fsmigration.cli import output_file
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -21,7 +23,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("repo", type=Path, metavar="FEAST_REPO", help="folder holding feature_store.yaml")
     p.add_argument(
-        "--out", type=Path, default=Path("plan.yaml"), help="draft plan file to write (default plan.yaml)"
+        "--out",
+        type=output_file,
+        default=Path("plan.yaml"),
+        help="draft plan file to write (default plan.yaml)",
     )
     p.add_argument(
         "--feast-python",

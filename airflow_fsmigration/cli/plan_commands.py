@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from airflow_fsmigration.cli import output_dir
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -17,7 +19,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("assess", help="write the inventory report (Markdown and HTML) for a plan")
     p.add_argument("plan", type=Path)
     p.add_argument(
-        "--out", type=Path, default=Path(".fsmig/reports"), help="output folder (default .fsmig/reports)"
+        "--out",
+        type=output_dir,
+        default=Path(".fsmig/reports"),
+        help="output folder (default .fsmig/reports)",
     )
     p.add_argument(
         "--no-retention",

@@ -7,6 +7,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from airflow_fsmigration.cli import bounded_int, bounded_seconds
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -16,12 +18,23 @@ def register(sub: Any) -> None:
     p.add_argument("plan", type=Path)
     p.add_argument("group")
     p.add_argument(
-        "--duration", type=float, default=None, help="seconds (default: the plan's load_test_duration)"
+        "--duration",
+        type=bounded_seconds(0.1, 86_400),
+        default=None,
+        help="seconds, at most a day (default: the plan's load_test_duration)",
     )
     p.add_argument(
-        "--processes", type=int, default=1, help="generator processes (one Python process tops out early)"
+        "--processes",
+        type=bounded_int(1, 256),
+        default=1,
+        help="generator processes (one Python process tops out early)",
     )
-    p.add_argument("--entities", type=int, default=10_000, help="entity ids sampled from the legacy store")
+    p.add_argument(
+        "--entities",
+        type=bounded_int(1, 10_000_000),
+        default=10_000,
+        help="entity ids sampled from the legacy store",
+    )
     p.set_defaults(func=cmd_loadtest)
 
 

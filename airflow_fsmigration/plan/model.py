@@ -66,7 +66,7 @@ def _sql_part(part: str, whole: str, what: str) -> None:
         raise ValueError(f"{what} {whole!r}: {part!r} is longer than Postgres' {PG_NAME_MAX} bytes")
 
 
-def _relation(value: str) -> str:
+def relation_name(value: str) -> str:
     parts = value.split(".")
     if len(parts) > 2:
         raise ValueError(f"table {value!r} must be 'table' or 'schema.table'")
@@ -75,13 +75,13 @@ def _relation(value: str) -> str:
     return value
 
 
-def _column(value: str) -> str:
+def column_name(value: str) -> str:
     _sql_part(value, value, "column")
     return value
 
 
-Relation = Annotated[str, AfterValidator(_relation)]
-Column = Annotated[str, AfterValidator(_column)]
+Relation = Annotated[str, AfterValidator(relation_name)]
+Column = Annotated[str, AfterValidator(column_name)]
 
 
 def _conn_id(value: str) -> str:
