@@ -526,3 +526,23 @@ def test_cockpit_route_escapes_closes_and_caches(cockpit_env, cockpit_client, pg
     monkeypatch.delenv("FSMIG_PLAN")
     assert cockpit_client.get("/cockpit").status_code == 503
     assert "FSMIG_PLAN" in cockpit_client.get("/cockpit.json").json()["detail"]
+
+
+@pytest.mark.integration
+def test_cockpit_links_reports_it_serves(cockpit_env, tmp_path, monkeypatch) -> None:
+    """The newest shadow report per group and the plan's assessment, as the plugin's URLs."""
+    from airflow_fsmigration.plugins.cockpit import cockpit_page
+
+    reports = tmp_path / "reports"
+    for rel in ("merchant_stats/shadow/old.html", "merchant_stats/shadow/new.html", "plan/assess/a.html"):
+        (reports / rel).parent.mkdir(parents=True, exist_ok=True)
+        (reports / rel).write_text("x")
+    old = reports / "merchant_stats/shadow/old.html"
+    os.utime(old, (old.stat().st_atime - 60, old.stat().st_mtime - 60))
+    monkeypatch.setenv("FSMIG_REPORTS_DIR", str(reports))
+    status, page = cockpit_page(None, authorized=_everyone)
+    assert status == 200
+    assert 'href="/fsmig/reports/merchant_stats/shadow/new.html" target="_top"' in page
+    assert 'href="/fsmig/reports/plan/assess/a.html" target="_top"' in page
+    status, page = cockpit_page(None, authorized=lambda d: d.endswith("__migrate"))
+    assert status == 200 and "plan/assess" not in page  # the plan-wide report needs the nightly DAG

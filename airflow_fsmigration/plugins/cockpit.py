@@ -229,7 +229,18 @@ def cockpit_page(
         return 503, render_unconfigured(str(exc))
     if not views:
         return 403, render_unconfigured("you may not read the DAGs of any feature group in this plan")
-    return 200, render(plan, views, errors=errors)
+    return 200, render(plan, views, errors=errors, assessment=_assessment(plan, user, authorized))
+
+
+def _assessment(plan: MigrationPlan, user: Any, authorized: Callable[[str], bool] | None) -> str | None:
+    """The newest ``fsmigrate assess --out $FSMIG_REPORTS_DIR/plan/assess`` page, for who may read it."""
+    from airflow_fsmigration.dag_context import NIGHTLY, dag_id
+    from airflow_fsmigration.plugins.cockpit_reports import PLAN_WIDE, newest_report
+
+    href = newest_report(PLAN_WIDE, "assess")
+    if href is None or not (authorized or _airflow_authorized(user))(dag_id(NIGHTLY, plan=plan)):
+        return None
+    return href
 
 
 def report_file(user: Any, rel: str, *, authorized: Callable[[str], bool] | None = None) -> Any:

@@ -339,8 +339,12 @@ def render(
     *,
     now: datetime | None = None,
     errors: Sequence[str] = (),
+    assessment: str | None = None,
 ) -> str:
-    """The cockpit as one self-contained page: a summary table, then one section per group."""
+    """The cockpit as one self-contained page: a summary table, then one section per group.
+
+    :param assessment: href of the plan's newest assessment report, when there is one.
+    """
     from airflow_fsmigration.reports import html
 
     now = now or datetime.now(UTC)
@@ -375,6 +379,8 @@ def render(
             "permissions guard; when Airflow is down, use the rollback command shown."
         ),
     )
+    if assessment:
+        content += html.paragraph(Markup("Plan inventory: ") + _a(assessment, "the newest assessment report"))
     content += Markup("\n").join(_group_section(plan, v, now) for v in views)
     return str(
         html.page(
