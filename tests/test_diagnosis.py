@@ -239,3 +239,27 @@ def test_cli_leads_with_the_cause_writes_json_and_refuses_an_undeployed_group(
     code = main(args)
     err = capsys.readouterr().err
     assert code == EXIT_INCONCLUSIVE and "entity key 'user_id' is bigint in the new store but string" in err
+
+
+@pytest.mark.integration
+def test_cli_as_of_records_the_time_the_data_describe(scenario, tmp_path, pg_url, redis_url, monkeypatch, capsys):
+    """Was: a replay against a frozen snapshot was recorded at the wall clock (issue 11)."""
+    from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_FAILED, main
+    from fsmig_dev.devservices import airflow_conn_env
+
+    plan, old, new = scenario(BOUND_BUG)
+    old.close()
+    new.close()
+    for conn_id, url in (("t_redis", redis_url), ("t_new", pg_url), ("t_registry", pg_url)):
+        for k, v in airflow_conn_env(conn_id, url).items():
+            monkeypatch.setenv(k, v)
+    base = ["shadow", str(tmp_path / "plan.yaml"), "g", "--out", str(tmp_path / "r"), "--no-gx"]
+    assert main([*base, "--as-of", "yesterday"]) == EXIT_BAD_INPUT
+    assert "--as-of 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
+    assert main([*base, "--as-of", AS_OF.isoformat(), "--json", "-"]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    data = json.loads(out[out.index("\n{") + 1 :])
+    assert data["logical_time"] == AS_OF.isoformat()
+    with psycopg.connect(pg_url) as conn:
+        (recorded,) = conn.execute("SELECT logical_time FROM fsmig.shadow_runs").fetchone()
+    assert recorded == AS_OF

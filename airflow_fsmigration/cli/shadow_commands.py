@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--no-diagnose", action="store_true", help="skip the root-cause diagnosis (re-read and replay)"
+    )
+    p.add_argument(
+        "--as-of",
+        default=None,
+        metavar="TIME",
+        help="the time both stores' data describe (ISO 8601, e.g. a frozen snapshot): recorded as the "
+        "run's logical time and used by the diagnosis replay (default: now)",
     )
     p.set_defaults(func=cmd_shadow)
 
@@ -105,6 +113,18 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     group = plan.groups[args.group]
     conns = plan.connections
+    describes = None
+    if args.as_of:
+        try:
+            describes = datetime.fromisoformat(args.as_of)
+        except ValueError:
+            print(
+                f"error: --as-of {args.as_of!r} is not an ISO 8601 time (e.g. 2026-11-20T12:00:00+00:00)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        if describes.tzinfo is None:
+            describes = describes.replace(tzinfo=UTC)
 
     # The registry first: if it is down, fail before comparing rather than compare and lose the run.
     registry = None if args.no_record else connect_postgres(conns.registry, autocommit=True)
@@ -126,6 +146,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             results=store,
             diagnose=not args.no_diagnose,
+            describes=describes,
         )
         gx = schema = None
         out = args.out

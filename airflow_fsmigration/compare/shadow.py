@@ -111,6 +111,7 @@ def run_shadow(
     entity_ids: Sequence[str] | None = None,
     diagnose: bool = True,
     reread_delay_s: float = 1.0,
+    describes: datetime | None = None,
 ) -> ComparisonResult:
     """Compare ``group`` between the old and the new store and (given ``results``) record the run.
 
@@ -123,6 +124,8 @@ def run_shadow(
     :param entity_ids: compare exactly these entities instead of picking a sample.
     :param diagnose: on mismatches, find root causes (:mod:`~airflow_fsmigration.compare.diagnose`):
         re-read a sample after ``reread_delay_s`` and replay the definition's rewrites.
+    :param describes: the time the live data describe (a frozen snapshot): recorded as the
+        logical time and used as the diagnosis replay's as-of (default: the new store's clock).
     :raises StoreUnavailable: a store did not answer; nothing is recorded.
     """
     from airflow_fsmigration.compare.engine import ComparisonAccumulator
@@ -131,7 +134,7 @@ def run_shadow(
     settings = plan.settings_for(g)
     sample = settings.shadow_sample_size if sample_size is None else sample_size
     part = parse_shard(shard)
-    when = logical_time or as_of or datetime.now(UTC)
+    when = logical_time or as_of or describes or datetime.now(UTC)
     started = time.monotonic()
 
     def read(source: Any, chunk: list[str]) -> pa.Table:
@@ -141,7 +144,7 @@ def run_shadow(
 
     def explain(result: ComparisonResult) -> None:
         if diagnose and result.mismatched_values and not result.errors:
-            _diagnose(plan, g, result, old_source, new_source, read, as_of, reread_delay_s)
+            _diagnose(plan, g, result, old_source, new_source, read, as_of or describes, reread_delay_s)
 
     if entity_ids is None and sample == 0 and as_of is None:
         acc = ComparisonAccumulator(g, settings=settings, staleness=staleness, noise=noise, requested=None)
