@@ -29,6 +29,7 @@ SHOTS = REPO / "docs" / "screenshots"
 BUGGY = "user_session_stats"
 MIGRATE = f"fsmig__{BUGGY}__migrate"
 ROLLBACK = f"fsmig__{BUGGY}__rollback"
+BACKFILL = f"fsmig__{BUGGY}__backfill"
 
 
 def _start_api_server(env: dict[str, str], home: Path) -> tuple[subprocess.Popen, str, object]:
@@ -89,7 +90,8 @@ def story(postgres, redis_server, demo_plan, airflow_db, tmp_path_factory):
     try:
         dag = build_dags(plan, str(env.plan_dir), only=MIGRATE)[MIGRATE]
         rollback = build_dags(plan, str(env.plan_dir), only=ROLLBACK)[ROLLBACK]
-        _serialize([dag, rollback])
+        backfill = build_dags(plan, str(env.plan_dir), only=BACKFILL)[BACKFILL]
+        _serialize([dag, rollback, backfill])
         started = time.monotonic()
         run = dag.test()
         took = time.monotonic() - started
@@ -259,3 +261,21 @@ def test_failed_group_in_cockpit_report_link_and_rollback_form(story, browser) -
     from airflow.models.dagrun import DagRun
 
     assert DagRun.find(dag_id=ROLLBACK) == []
+
+    # The backfill form's cadence dropdown: every choice labelled, the empty one too (no "null").
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.get(f"{base}/dags/{BACKFILL}")
+    WebDriverWait(browser, 60).until(lambda d: button(d, "Trigger")).click()
+    WebDriverWait(browser, 30).until(lambda d: button(d, "What to compute")).click()  # a collapsed section
+    cadence = WebDriverWait(browser, 30).until(
+        lambda d: next((e for e in d.find_elements(By.ID, "element_cadence") if e.size["height"]), None)
+    )
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cadence)
+    ActionChains(browser).move_to_element(cadence).click().perform()
+    options = WebDriverWait(browser, 10).until(
+        lambda d: [o.text for o in d.find_elements(By.CSS_SELECTOR, "[id*=option]") if o.text.strip()]
+    )
+    assert options[0].startswith("none:") and "1d: every day" in options
+    assert not any(o.strip().lower() == "null" for o in options)
+    _shot(browser, "backfill_form.png")
