@@ -16,17 +16,20 @@ group's definition is then replayed on the raw events as of the time the new sto
 
 What no rewrite explains keeps its value-pattern evidence (the per-feature explanations) and is
 said to be unproven. Figures for the whole population are the sample's shares scaled to each
-feature's mismatch count (exact when the sample holds every mismatching entity).
+feature's mismatch count (exact when the sample holds every mismatching entity); that and the
+wording live in :mod:`airflow_fsmigration.compare.attribution`. The sample's raw events are
+copied once into temporary tables, so dozens of replays cost milliseconds each, not a scan each.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_fsmigration.compare.attribution import Pairs, missing_causes, patterns, summarise
 from airflow_fsmigration.compare.causes import Rewrite, RootCause
 from airflow_fsmigration.compare.model import MISMATCH, MISSING_IN_NEW, MISSING_IN_OLD, Kind
 
@@ -44,40 +47,6 @@ CONTROL_TOLERANCE = 0.01
 #: A cause must explain at least this many sampled values (and this share of what is left).
 MIN_VALUES, MIN_SHARE = 2, 0.05
 MAX_CAUSES = 4
-
-Pairs = set[tuple[str, str]]
-
-_FIX = {
-    "time_zone": "read the event time column in the zone the source writes it (TIMESTAMPTZ, or the "
-    "right AT TIME ZONE): the change below reproduces the legacy values",
-    "window_bound": "make the window bound match the legacy job (inclusive vs exclusive): the change "
-    "below reproduces the legacy values",
-    "deduplication": "deduplicate re-delivered events by their id before aggregating, as the legacy job did",
-    "null_handling": "treat NULL inputs as the legacy job did (skip them, or count them as 0)",
-    "rounding": "round as the legacy job did (or not at all)",
-    "unit_scale": "convert to the legacy unit (e.g. cents vs currency units)",
-    "lag": "no definition change: the new store's ingestion is behind; check its lag and watermark",
-    "transient": "no action unless it persists: the values changed between two reads moments apart",
-    "late_events": "the definition drops events the legacy job counts (late arrivals, a day not yet "
-    "loaded): remove or widen the filter shown below",
-    "filter": "the definition filters out rows the legacy job keeps: remove the filter shown below",
-    "missing_in_new": "align the entity filter (WHERE/HAVING, window start) and the key TTL with the legacy job",
-    "missing_in_old": "align the entity filter (WHERE/HAVING, window start) and the key TTL with the legacy job",
-    "unexplained": "no candidate rewrite reproduces these values: compare the definition with the "
-    "legacy job by hand, starting from the sample entities",
-}
-_KIND_TO_CAUSE = {
-    Kind.TIMEZONE_SHIFT: "time_zone",
-    Kind.OFF_BY_ONE: "window_bound",
-    Kind.DUPLICATE_INFLATION: "deduplication",
-    Kind.NULL_VS_ZERO: "null_handling",
-    Kind.NULL_VS_VALUE: "null_handling",
-    Kind.PRECISION: "rounding",
-    Kind.SCALE_FACTOR: "unit_scale",
-    Kind.LAGGING: "lag",
-    Kind.UNDECODABLE: "unexplained",
-    Kind.LAG_WRONG_WAY: "unexplained",
-}
 
 
 def mismatching_pairs(group: FeatureGroup, old: pa.Table, new: pa.Table) -> tuple[Pairs, set[str]]:
@@ -122,21 +91,71 @@ def _scales(result: ComparisonResult) -> dict[str, float]:
 
 
 class _Replayer:
-    """Replays definition texts for the sample and remembers which values each reproduces."""
+    """Replays definition texts for the sample and remembers which values each reproduces.
+
+    The sample's raw events are staged once into temporary tables when the store can
+    (:meth:`NewStore.stage`) and the unchanged definition gives the same values on the copies
+    as on the full tables (a definition that computes across entities would not); otherwise
+    each replay reads the raw tables through the pushed-down entity filter.
+    """
 
     def __init__(self, store: Any, group: FeatureGroup, legacy: pa.Table, ids: list[str], as_of: datetime):
         self.store, self.group, self.legacy, self.ids, self.as_of = store, group, legacy, ids, as_of
         self.queries = 0
+        self.tables: dict[str, str] = {}
 
-    def wrong(self, sql: str) -> Pairs | None:
-        """Values the replay of ``sql`` gets wrong against the legacy store (None: it failed)."""
-        self.queries += 1
+    def stage(self, sql: str) -> pa.Table | None:
+        """Stage the sample's events; returns the replay of ``sql`` on the full tables (or None)."""
+        full = self._run(sql)
+        if full is None or not hasattr(self.store, "stage"):
+            return full
         try:
-            table = self.store.replay(self.group, sql, self.ids, self.as_of)
+            tables = self.store.stage(
+                [s.table for s in self.group.event_sources], self.group.entity_key, self.ids
+            )
+        except Exception as exc:  # no temporary tables here (a read-only role, another engine)
+            log.debug("staging the replay sample failed: %s", exc)
+            return full
+        self.tables = tables
+        staged = self._run(sql)
+        if staged is None or not _same(full, staged):
+            log.info(
+                "diagnosis of %s: the staged sample does not reproduce the definition; replaying on the full tables",
+                self.group.name,
+            )
+            self.tables = {}
+        return full
+
+    def _run(self, sql: str) -> pa.Table | None:
+        from airflow_fsmigration.compare.rewrites import substitute_tables
+
+        self.queries += 1
+        text = substitute_tables(sql, self.tables) if self.tables else sql
+        try:
+            if self.tables:  # the staged copies hold only the sample: no pushdown analysis needed
+                return self.store.replay(self.group, text, self.ids, self.as_of, pushdown=False)
+            return self.store.replay(self.group, text, self.ids, self.as_of)
         except Exception as exc:  # a rewrite that does not run is simply not the fix
             log.debug("replay of a rewrite failed: %s", exc)
+            if self.tables and not self.store.staged():
+                self.tables = {}  # the connection (and the copies) went away: full tables from now on
+            return None
+
+    def wrong(self, sql: str, table: pa.Table | None = None) -> Pairs | None:
+        """Values the replay of ``sql`` gets wrong against the legacy store (None: it failed)."""
+        table = self._run(sql) if table is None else table
+        if table is None:
             return None
         return mismatching_pairs(self.group, self.legacy, table)[0]
+
+
+def _same(a: pa.Table, b: pa.Table) -> bool:
+    """Two replays of the sample agree (same rows, any order)."""
+    from airflow_fsmigration.stores.frames import ENTITY
+
+    if a.num_rows != b.num_rows or a.column_names != b.column_names:
+        return False
+    return a.sort_by(ENTITY).equals(b.sort_by(ENTITY))
 
 
 def diagnose(
@@ -159,7 +178,7 @@ def diagnose(
 
     values = dict(result.mismatch_sample)
     if not values:
-        return _missing_causes(result)
+        return missing_causes(result)
     # entities on one side only are symptoms too: replayed with the others, linked to their cause
     missing = {e: "missing_in_new" for e in result.missing_in_new_samples}
     missing.update({e: "missing_in_old" for e in result.missing_in_old_samples})
@@ -188,7 +207,8 @@ def diagnose(
         sql = plan.definition_sql(group.name)
         when = as_of or _clock(new_source)
         rp = _Replayer(new_source, group, legacy, everyone, when)
-        base = rp.wrong(sql)
+        full = rp.stage(sql)
+        base = rp.wrong(sql, full) if full is not None else None
         if base is not None:
             control_ids = set(control)
             lag = remaining - base  # the definition, replayed now, gives the legacy value
@@ -208,8 +228,8 @@ def diagnose(
         else:
             log.info("diagnosis of %s: the definition could not be replayed; value patterns only", group.name)
     if remaining:
-        _patterns(result, remaining, attributed, missing)
-    causes = _summarise(result, values, missing, attributed, proofs)
+        patterns(result, remaining, attributed, missing)
+    causes = summarise(result, values, missing, attributed, proofs)
     log.info(
         "diagnosis of %s: %d causes from %d sampled mismatching entities in %.1f s",
         group.name,
@@ -298,158 +318,3 @@ def _greedy(
             proof.fixed += gain
         chosen.append(c)
     return chosen
-
-
-def _patterns(
-    result: ComparisonResult, left: Pairs, attributed: dict[str, Pairs], missing: dict[str, str]
-) -> None:
-    """Unproven causes: each feature's leftover values go to its dominant value pattern.
-
-    A time-zone offset on a timestamp feature names the cause of every mismatching feature of
-    the same entities (one shifted time column moves counts, sums and averages too).
-    """
-    by_feature: dict[str, Kind] = {}
-    for e in result.explanations:
-        if e.feature and e.kind in _KIND_TO_CAUSE and e.feature not in by_feature:
-            by_feature[e.feature] = e.kind
-    zone_entities = {eid for eid, f in left if by_feature.get(f) is Kind.TIMEZONE_SHIFT}
-    for eid, f in left:
-        if eid in missing:
-            attributed.setdefault(f"~{missing[eid]}", set()).add((eid, f))
-            continue
-        if eid in zone_entities:
-            kind = "time_zone"
-        else:
-            k = by_feature.get(f)
-            kind = _KIND_TO_CAUSE.get(k, "unexplained") if k is not None else "unexplained"
-            if kind == "unit_scale" and result.features[f].dtype != "float64":
-                kind = "unexplained"  # no unit scale on an integer count
-            if kind in attributed:
-                kind = "unexplained"  # a replay proved this kind elsewhere; these values it did not fix
-        attributed.setdefault(f"~{kind}", set()).add((eid, f))
-
-
-def _missing_causes(result: ComparisonResult) -> list[RootCause]:
-    out = []
-    for kind, n, samples, side in (
-        ("missing_in_new", result.missing_in_new, result.missing_in_new_samples, "new"),
-        ("missing_in_old", result.missing_in_old, result.missing_in_old_samples, "old"),
-    ):
-        if not n:
-            continue
-        feats = {f: n for f in result.features}
-        shares = {f: n / max(1, _mismatches(result, f)) for f in result.features}
-        other = "old" if side == "new" else "new"
-        out.append(
-            RootCause(
-                kind=kind,
-                entities=n,
-                features=feats,
-                shares=shares,
-                evidence=f"{n} entities exist in the {other} store but not in the {side} store",
-                fix="align the entity filter (WHERE/HAVING, window start) and the key TTL with the legacy job",
-                samples=list(samples[:5]),
-            )
-        )
-    return out
-
-
-def _mismatches(result: ComparisonResult, feature: str) -> int:
-    f = result.features[feature]
-    return f.mismatched + f.missing_in_new + f.missing_in_old
-
-
-def _summarise(
-    result: ComparisonResult,
-    values: dict[str, list[str]],
-    missing: dict[str, str],
-    attributed: dict[str, Pairs],
-    proofs: dict[str, Rewrite],
-) -> list[RootCause]:
-    """Scale each cause's sampled values to the population, one RootCause per kind.
-
-    Differing values and missing keys are sampled at different rates (every missing key up to
-    a few dozen), so each is scaled by its own rate.
-    """
-    sampled_per_feature: dict[str, int] = {}
-    for names in values.values():
-        for f in names:
-            sampled_per_feature[f] = sampled_per_feature.get(f, 0) + 1
-    per_side = {k: sum(1 for v in missing.values() if v == k) for k in ("missing_in_new", "missing_in_old")}
-    population = {"missing_in_new": result.missing_in_new, "missing_in_old": result.missing_in_old}
-    total_entities = _mismatching_entities(result, values)
-    out = []
-    for key, pairs in attributed.items():
-        if not pairs:
-            continue
-        proven = not key.startswith("~")
-        kind = key.lstrip("~")
-        feats: dict[str, int] = {}
-        shares: dict[str, float] = {}
-        for f in _ordered(result.features, (f for _, f in pairs)):
-            est = 0.0
-            n_values = sum(1 for e, g in pairs if g == f and e not in missing)
-            if n_values:
-                est += n_values * result.features[f].mismatched / max(1, sampled_per_feature.get(f, n_values))
-            for side, n_side in per_side.items():
-                n = sum(1 for e, g in pairs if g == f and missing.get(e) == side)
-                if n:
-                    est += n * population[side] / max(1, n_side)
-            feats[f] = max(1, min(_mismatches(result, f), round(est)))
-            shares[f] = feats[f] / max(1, _mismatches(result, f))
-        ents = {e for e, _ in pairs}
-        n_value_ents = len(ents - set(missing))
-        entities = round(n_value_ents * total_entities / max(1, len(values)))
-        for side, n_side in per_side.items():
-            n = sum(1 for e in ents if missing.get(e) == side)
-            entities += round(n * population[side] / max(1, n_side))
-        rw = proofs.get(kind) if proven else None
-        out.append(
-            RootCause(
-                kind=kind,
-                entities=entities,
-                features=feats,
-                shares=shares,
-                evidence=_evidence(kind, proven, rw, pairs, result),
-                fix=_FIX.get(kind, _FIX["unexplained"]),
-                proven=proven and kind not in ("transient", "unexplained"),
-                rewrite=rw if rw is not None and rw.diff else None,
-                samples=sorted(ents)[:5],
-            )
-        )
-    return out
-
-
-def _ordered(features: dict[str, Any], names: Iterable[str]) -> list[str]:
-    wanted = set(names)
-    return [f for f in features if f in wanted]
-
-
-def _mismatching_entities(result: ComparisonResult, sample: dict[str, list[str]]) -> int:
-    """Mismatching entities in the population (estimated from the sample when it is partial)."""
-    if len(sample) < len(result.mismatch_sample) or len(sample) < 300:
-        return len(sample)
-    per_entity = sum(len(v) for v in sample.values()) / max(1, len(sample))
-    return round(sum(f.mismatched for f in result.features.values()) / max(per_entity, 1.0))
-
-
-def _evidence(kind: str, proven: bool, rw: Rewrite | None, pairs: Pairs, result: ComparisonResult) -> str:
-    n_ent = len({e for e, _ in pairs})
-    feats = sorted({f for _, f in pairs})
-    if kind == "transient":
-        return f"{len(pairs)} sampled values of {n_ent} entities matched when read again moments later"
-    if rw is not None and proven and kind == "lag":
-        return (
-            f"{rw.description} for {len(pairs)} values of {n_ent} entities: the new store has not caught up"
-        )
-    if rw is not None and proven:
-        return (
-            f"replaying the definition with this change ({rw.description}) turns {len(pairs)} of "
-            f"{rw.sampled} sampled mismatching values into the legacy values ({n_ent} entities; "
-            f"{', '.join(feats)}) and changes {rw.control_changed} of {rw.control} matching control entities"
-        )
-    patterns = [
-        e.evidence for e in result.explanations if e.feature in feats and _KIND_TO_CAUSE.get(e.kind) == kind
-    ]
-    lead = f"value pattern over {len(pairs)} sampled values of {n_ent} entities ({', '.join(feats)})"
-    return lead + (f": {patterns[0]}" if patterns else "; no rewrite reproduces them")

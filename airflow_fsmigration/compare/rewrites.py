@@ -11,6 +11,7 @@ two can be composed for a scenario with two defects.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,13 @@ class Candidate:
 
 
 def parse(sql: str) -> Any:
-    """The definition's tree, with ``:as_of`` held as a marker literal."""
+    """The definition's tree, with ``:as_of`` held as a marker literal (a fresh copy each call)."""
+    return _parsed(sql).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(sql: str) -> Any:
+    # the diagnosis parses the same definition for every candidate; parsing costs ~50 ms
     import sqlglot
 
     return sqlglot.parse_one(_PLACEHOLDER.sub(f"'{_MARK}'", sql), read="postgres")
@@ -68,6 +75,22 @@ def diff(sql: str, fixed: str) -> str:
     return "\n".join(
         difflib.unified_diff(before, fixed.splitlines(), "definition", "fixed", n=1, lineterm="")
     )
+
+
+def substitute_tables(sql: str, tables: dict[str, str]) -> str:
+    """The definition reading ``tables`` (name -> replacement, e.g. a staged temporary copy)."""
+    from sqlglot import exp
+
+    tree = parse(sql)
+    for node in list(tree.find_all(exp.Table)):
+        name = f"{node.db}.{node.name}" if node.db else node.name
+        target = tables.get(name) or tables.get(name.lower())
+        if target is None:
+            continue
+        db, _, table = target.rpartition(".")
+        alias = node.alias or node.name
+        node.replace(exp.to_table(f"{db}.{table}" if db else table).as_(alias))
+    return render(tree)
 
 
 def has_mark(node: Any) -> bool:

@@ -8,6 +8,7 @@ CTEs, subqueries and quoted names are handled the way the database would.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,13 @@ def has_as_of(sql: str) -> bool:
 
 def output_columns(sql: str) -> list[str] | None:
     """Names the definition selects, or None when it selects ``*`` (cannot be known statically)."""
+    names = _output_columns(sql)
+    return None if names is None else list(names)
+
+
+@functools.lru_cache(maxsize=256)
+def _output_columns(sql: str) -> tuple[str, ...] | None:
+    # cached: the diagnosis asks this of the same few definitions for every replay
     from sqlglot import exp
 
     tree = _parse(sql)
@@ -54,7 +62,7 @@ def output_columns(sql: str) -> list[str] | None:
         if isinstance(projection, exp.Star) or (isinstance(projection, exp.Column) and projection.is_star):
             return None
         names.append(projection.alias_or_name)
-    return names
+    return tuple(names)
 
 
 def referenced_tables(sql: str) -> set[str]:

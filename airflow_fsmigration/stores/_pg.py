@@ -107,6 +107,12 @@ def fetch_table(conn: Any, query: str, params: Sequence[Any] | None, conn_id: st
         return plain(cursor.fetch_arrow_table())
 
 
+def execute(conn: Any, query: str, params: Sequence[Any] | None, conn_id: str, what: str) -> None:
+    """Run a statement that returns no rows (DDL); connection failures become StoreUnavailable."""
+    with _cursor(conn, conn_id, what) as cursor:
+        cursor.execute(query, parameters=params)
+
+
 def stream_batches(
     conn: Any, query: str, params: Sequence[Any] | None, conn_id: str, what: str
 ) -> Iterator[pa.Table]:

@@ -254,29 +254,40 @@ class NewStore(_pg.AdbcReader):
         return conform(self._fetch(_pg.render(query), _pg.bind(entity_ids, as_of.astimezone(UTC))), g)
 
     def replay(
-        self, group: FeatureGroup | str, sql: str, entity_ids: Sequence[str], as_of: datetime
+        self,
+        group: FeatureGroup | str,
+        sql: str,
+        entity_ids: Sequence[str],
+        as_of: datetime,
+        *,
+        pushdown: bool = True,
     ) -> pa.Table:
         """What definition text ``sql`` gives for ``entity_ids`` as of ``as_of``, on the raw events.
 
         The diagnosis replays rewrites of a definition this way; the entity filter is pushed
-        into the definition wherever that keeps it exact, so a sample costs a few index probes.
+        into the definition wherever that keeps it exact, so a sample costs a few index probes
+        (``pushdown=False`` skips that analysis: the definition already reads only the sample,
+        e.g. the staged copies of :meth:`stage`).
         """
         from psycopg import sql as pgsql
 
         from airflow_fsmigration.backfill.pushdown import entity_filtered_sql
-        from airflow_fsmigration.plan.definitions import output_columns
+        from airflow_fsmigration.plan.definitions import output_columns, render_as_of
 
         g = self._group(group)
         check_as_of(as_of)
         key_type = _pg.ENTITY_SQL_TYPES[str(g.entity_dtype)]
-        body = entity_filtered_sql(
-            self.plan,
-            g.name,
-            "CAST($2 AS timestamptz)",
-            f"(CAST($1 AS text[])::{key_type}[])",
-            sql=sql,
-            op="= ANY",
-        )
+        if pushdown:
+            body = entity_filtered_sql(
+                self.plan,
+                g.name,
+                "CAST($2 AS timestamptz)",
+                f"(CAST($1 AS text[])::{key_type}[])",
+                sql=sql,
+                op="= ANY",
+            )
+        else:
+            body = render_as_of(self.plan, g.name, param="CAST($2 AS timestamptz)", sql=sql)
         selected = output_columns(sql)
         has_source = selected is None or SOURCE_COLUMN in selected
         query = pgsql.SQL("SELECT {} FROM (\n{}\n) AS v WHERE {}").format(
@@ -294,6 +305,45 @@ class NewStore(_pg.AdbcReader):
                 self._adbc = None
             raise
         return conform(table, g)
+
+    def stage(self, tables: Sequence[str], key: str, entity_ids: Sequence[str]) -> dict[str, str]:
+        """Copy the rows of ``entity_ids`` from each raw table into a temporary table.
+
+        The diagnosis replays dozens of rewrites on the same few hundred entities; reading their
+        events once (one scan per table) instead of once per rewrite is what keeps a replay of a
+        large group within seconds. Returns table -> ``pg_temp`` name for the tables that have
+        the key column; the copies live as long as this store's connection (see :meth:`staged`).
+        """
+        from psycopg import sql as pgsql
+
+        out: dict[str, str] = {}
+        conn = self._arrow()
+        for i, table in enumerate(tables):
+            schema, _, name = table.rpartition(".")
+            with self._psycopg() as pc:
+                has_key = pc.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+                    " AND column_name = %s",
+                    (schema or "public", name, key),
+                ).fetchone()
+            if not has_key:
+                continue
+            tmp = f"fsmig_replay_{i}"
+            source = pgsql.Identifier(*([schema, name] if schema else [name]))
+            ddl = pgsql.SQL(
+                "CREATE TEMP TABLE {} AS SELECT * FROM {} WHERE CAST({} AS text) = ANY(CAST($1 AS text[]))"
+            )
+            _pg.execute(conn, f"DROP TABLE IF EXISTS pg_temp.{tmp}", None, self.conn_id, self.store)
+            query = ddl.format(pgsql.Identifier(tmp), source, pgsql.Identifier(key))
+            _pg.execute(conn, _pg.render(query), _pg.bind(entity_ids), self.conn_id, self.store)
+            _pg.execute(conn, f"ANALYZE pg_temp.{tmp}", None, self.conn_id, self.store)
+            out[table] = f"pg_temp.{tmp}"
+        self._staged_on = conn
+        return out
+
+    def staged(self) -> bool:
+        """Whether the temporary copies of :meth:`stage` still exist (the connection is the same)."""
+        return self._adbc is not None and getattr(self, "_staged_on", None) is self._adbc
 
     def clock(self) -> datetime:
         """The store's own ``now()``: the time its live views describe."""
