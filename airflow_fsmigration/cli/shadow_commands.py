@@ -16,6 +16,8 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
+    from airflow_fsmigration.cli import bounded_int, output_dir
+
     p = sub.add_parser(
         "shadow",
         help="compare a group between the old and the new store; print a summary and write an HTML report",
@@ -24,15 +26,23 @@ def register(sub: Any) -> None:
     p.add_argument("group", help="feature group to compare")
     p.add_argument(
         "--sample",
-        type=int,
+        type=bounded_int(0, 10**9),
         default=None,
         help="entities to compare (default: the plan's shadow_sample_size; 0 = all)",
     )
     p.add_argument("--shard", default=None, help="only hash shard K of N, as K/N with K from 0 (e.g. 0/4)")
     p.add_argument(
-        "--out", type=Path, default=Path(".fsmig/reports"), help="report folder (default .fsmig/reports)"
+        "--out",
+        type=output_dir,
+        default=Path(".fsmig/reports"),
+        help="report folder (default .fsmig/reports)",
     )
-    p.add_argument("--chunk-size", type=int, default=100_000, help="entities per read/compare chunk")
+    p.add_argument(
+        "--chunk-size",
+        type=bounded_int(1, 10_000_000),
+        default=100_000,
+        help="entities per read/compare chunk",
+    )
     p.add_argument("--no-record", action="store_true", help="do not record the run in the registry")
     p.add_argument(
         "--no-gx", action="store_true", help="skip the Great Expectations suites (saves a few seconds)"
