@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -56,10 +57,16 @@ def test_backfill_then_pit(env, capsys, monkeypatch, tmp_path):
         " distinct_merchants_7d, declined_count_24h, foreign_txn_ratio_7d, last_txn_ts"
         " FROM features_history.user_txn_stats_snapshots WHERE run_id = 'cli'"
     )
-    assert main(["pit", PLAN, "user_txn_stats", "--sample", "50", "--times", "3"]) == 0
+    out_dir = tmp_path / "pit_reports"
+    pit = ["pit", PLAN, "user_txn_stats", "--sample", "50", "--times", "3", "--out", str(out_dir)]
+    assert main([*pit, "--json", str(tmp_path / "pit.json")]) == 0
     assert (
         "PASS, 100.0000% of values agree over 50 (entity, time) pairs at 3 times" in capsys.readouterr().out
     )
+    # the same JSON and HTML report as the shadow comparison (issue 11)
+    assert json.loads((tmp_path / "pit.json").read_text())["verdict"] == "pass"
+    html = next(out_dir.glob("pit_user_txn_stats_*.html")).read_text()
+    assert "Point-in-time validation: user_txn_stats" in html and "Root causes" in html
     assert (
         main(["backfill", PLAN, "nope", "--start", "2026-09-08", "--end", "2026-09-09", "--every", "1d"]) == 2
     )

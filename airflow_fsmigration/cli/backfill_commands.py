@@ -184,6 +184,19 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=bounded_int(-(2**63), 2**63 - 1), default=0)
     p.add_argument("--start", type=_when, help="sample history times from here")
     p.add_argument("--end", type=_when, help="sample history times up to here")
+    p.add_argument(
+        "--out",
+        type=output_dir,
+        default=Path(".fsmig/reports"),
+        help="report folder (default .fsmig/reports)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the whole result as JSON ('-' = stdout)",
+    )
     p.set_defaults(func=cmd_pit)
 
 
@@ -293,6 +306,18 @@ def cmd_pit(args: argparse.Namespace) -> int:
     finally:
         store.close()
         offline_conn.close()
+    from airflow_fsmigration.reports.shadow import write_shadow_report
+
     print(result.comparison.summary())
     print(result.summary)
+    path = write_shadow_report(result.comparison, args.out, kind="pit")
+    print(f"report: {path}")
+    if args.json is not None:
+        data = path.with_suffix(".json").read_text()
+        if str(args.json) == "-":
+            print(data)
+        else:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(data)
+            print(f"json: {args.json}")
     return {"pass": EXIT_OK, "fail": EXIT_FAILED}.get(result.verdict, EXIT_INCONCLUSIVE)

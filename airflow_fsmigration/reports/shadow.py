@@ -312,8 +312,9 @@ def render_shadow_report(
     schema: GxVerdict | None = None,
     soak: SoakStatus | None = None,
     out_dir: Path | None = None,
+    kind: str = "shadow",
 ) -> h.Markup:
-    """The whole page as HTML text."""
+    """The whole page as HTML text (``kind`` "pit": a point-in-time validation, same layout)."""
     body = h.Markup("\n").join(
         [
             _causes(result),
@@ -325,10 +326,13 @@ def render_shadow_report(
             _gx(gx, schema),
         ]
     )
+    pit = kind == "pit"
     return h.page(
-        f"Shadow comparison: {result.group}",
+        f"{'Point-in-time validation' if pit else 'Shadow comparison'}: {result.group}",
         body,
-        subtitle="old store (reference) vs new store, same entities, per-feature tolerances",
+        subtitle="old offline history (reference) vs the new definition as of the same times"
+        if pit
+        else "old store (reference) vs new store, same entities, per-feature tolerances",
         generated_at=datetime.now(UTC),
         footer="airflow-fsmigration shadow report",
     )
@@ -342,16 +346,18 @@ def write_shadow_report(
     gx: GxVerdict | None = None,
     schema: GxVerdict | None = None,
     soak: SoakStatus | None = None,
+    kind: str = "shadow",
 ) -> Path:
     """Write ``shadow_<group>_<time>.html`` (and ``.json`` with the full result) into ``out_dir``."""
     import json
 
     out = Path(out_dir)
     stamp = (result.logical_time or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"shadow_{result.group}_{stamp}.html"
-    h.write_page(
-        path, render_shadow_report(result, series=series, gx=gx, schema=schema, soak=soak, out_dir=out)
+    path = out / f"{kind}_{result.group}_{stamp}.html"
+    page = render_shadow_report(
+        result, series=series, gx=gx, schema=schema, soak=soak, out_dir=out, kind=kind
     )
+    h.write_page(path, page)
     data = result.to_dict()
     if gx is not None:
         data["gx"] = gx.to_dict()
