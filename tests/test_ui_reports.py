@@ -126,9 +126,18 @@ def test_route_serves_redirects_and_refuses(client, monkeypatch) -> None:
     monkeypatch.setattr(security, "resolve_user_from_token", vera)
     ok = client.get("/reports/user_txn_stats/shadow/run_1.html", cookies={"_token": "t"})
     assert ok.status_code == 200 and ok.text == "<h1>txn shadow</h1>"
-    assert ok.headers["content-type"].startswith("text/html") and ok.headers["x-content-type-options"] == "nosniff"
+    assert (
+        ok.headers["content-type"].startswith("text/html")
+        and ok.headers["x-content-type-options"] == "nosniff"
+    )
+    csp = ok.headers["content-security-policy"]
+    assert csp.startswith("sandbox ") and "allow-same-origin" not in csp  # an opaque origin
     assert client.get("/reports/merchant_stats/shadow/run_1.html", cookies={"_token": "t"}).status_code == 403
     assert client.get("/reports/plan/assess/a.html", cookies={"_token": "t"}).status_code == 403
-    for bad in ("user_txn_stats/%2e%2e/%2e%2e/secret.txt", "user_txn_stats/shadow/link.html", "..%2fsecret.txt"):
+    for bad in (
+        "user_txn_stats/%2e%2e/%2e%2e/secret.txt",
+        "user_txn_stats/shadow/link.html",
+        "..%2fsecret.txt",
+    ):
         r = client.get(f"/reports/{bad}", cookies={"_token": "t"})
         assert r.status_code == 404 and "outside" not in r.text, bad

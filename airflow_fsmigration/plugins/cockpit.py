@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from airflow_fsmigration.plugins.cockpit_view import GroupView
 
 PLAN_ENV = "FSMIG_PLAN"
+REPORT_CSP = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox allow-top-navigation-by-user-activation"
 NOT_CONFIGURED = (
     f"The cockpit has no plan to show: set the environment variable {PLAN_ENV} of the Airflow API "
     "server to the plan file or folder, the same one the DAG file reads, and restart it."
@@ -324,7 +325,13 @@ def create_app() -> Any:
         return FileResponse(
             found.path,
             media_type=found.media_type,
-            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"},
+            headers={
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "private, no-cache",
+                # Served on Airflow's origin: a report (GX data docs carry scripts) runs in an
+                # opaque origin, so nothing in it can read the UI's token or call the API as the user.
+                "Content-Security-Policy": REPORT_CSP,
+            },
         )
 
     return app
