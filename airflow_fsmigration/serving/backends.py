@@ -255,6 +255,12 @@ class PostgresBackend:
     a hung host), which is why the deadline is kept on the client. A connection that failed or
     timed out is closed (never reused mid-query); the next read opens a fresh one.
 
+    Until the store has answered once, a read waits for its connection up to
+    ``connect_timeout_s`` instead: at a cold start (a model server starting, a load test's first
+    requests) there is no pool yet, and a connect over a loaded host or a TLS handshake can take
+    longer than a tight read timeout; failing those reads would only be noise. From the first
+    successful connection on, every read ends at its deadline.
+
     :param url: libpq URL of the new store.
     :param plan: the migration plan (schema, entity keys, features, SLAs).
     :param pool_size: connections kept open at most.
@@ -291,6 +297,7 @@ class PostgresBackend:
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
         self._late_lock = threading.Lock()
+        self._connected_once = False
         self.timeouts = 0
         self._queries: dict[str, tuple[Any, list[tuple[str, Callable[[Any], Any] | None]]]] = {}
         self._timeout_s: dict[str, float] = {}
@@ -355,6 +362,8 @@ class PostgresBackend:
             self._park(conn)
 
         threading.Thread(target=run, name="fsmig-new-store-connect", daemon=True).start()
+        if not self._connected_once:  # cold start: no pool to protect yet (see the class docstring)
+            deadline = max(deadline, _monotonic() + self.connect_timeout_s)
         if not done.wait(max(0.0, deadline - _monotonic())):
             with self._late_lock:
                 if "conn" not in box and "exc" not in box:
@@ -366,10 +375,12 @@ class PostgresBackend:
                     )
         if "exc" in box:
             raise box["exc"]
+        self._connected_once = True
         return box["conn"]
 
     def _park(self, conn: Any) -> None:
         """Keep a late connection for the next read, unless the pool is closed or full."""
+        self._connected_once = True
         if self._closed or self._idle.qsize() >= self.pool_size:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -395,7 +406,10 @@ class PostgresBackend:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
+                cold = not self._connected_once
                 conn = self._connect_by(deadline, group)
+                if cold:  # the connect may have used the cold-start allowance: the query gets its own
+                    deadline = max(deadline, _monotonic() + self._timeout_s[group])
             conn.deadline = deadline
             try:
                 rows = conn.execute(query, (list(entity_ids),), prepare=True).fetchall()
