@@ -151,6 +151,26 @@ def test_a_failed_run_is_what_the_cockpit_says_with_cause_reasons_and_chart(demo
     gate = bug.next_gate(now)
     assert "deploy the definition" not in gate and "failed at task shadow_compare 4m ago" in gate
     assert "last_session_ts" in gate and "AT TIME ZONE" in gate
+    # running: the registry's gate and what the run is doing now, since when
+    from airflow_fsmigration.plugins.cockpit_runs import RunInfo, TaskRef
+
+    soaking = views["item_popularity"]
+    soaking.runs = {
+        "migrate": [
+            RunInfo(
+                dag_id="fsmig__item_popularity__migrate",
+                run_id="manual__2",
+                state="running",
+                started=now - timedelta(hours=2),
+                ended=None,
+                run_after=now - timedelta(hours=2),
+                active=(TaskRef("shadow_soak", "deferred", now - timedelta(hours=1)),),
+            )
+        ]
+    }
+    assert soaking.next_gate(now).endswith(
+        "Now: shadow_soak (deferred since 1h ago); the migrate run running since 2h ago"
+    )
     # never ran: says to trigger the migrate DAG, not "no runs yet"
     assert views["user_profile"].next_gate(now).startswith("trigger the migrate DAG")
 

@@ -74,12 +74,13 @@ class GroupView:
             )
             return f"the migrate run failed at {what} {ago(run.since, now)}{why}. Fix it, then trigger the migrate DAG again"
         if run is not None and run.state in ("running", "queued"):
-            doing = ", ".join(f"{t.task_id} ({t.state})" for t in run.active) or run.state
+            doing = ", ".join(f"{t.task_id} ({t.state} since {ago(t.since, now)})" for t in run.active)
             if self.soak is not None and not self.soak.satisfied and self.status.phase == "shadow":
                 gate = (
                     f"{gate}; waiting for {format_duration(self.soak.missing)} more green shadow comparisons"
                 )
-            return f"{gate}. Now: {doing} since {ago(run.since, now)}"
+            started = f"the migrate run {run.state} since {ago(run.since, now)}"
+            return f"{gate}. Now: {doing}; {started}" if doing else f"{gate}. Now: {started}"
         if self.status.phase == "planned" and run is None:
             return "trigger the migrate DAG: it deploys the definition, checks the schema and starts the shadow comparison"
         return gate
