@@ -112,7 +112,7 @@ def _blip_router(plan, url: str, pg_url: str) -> FeatureRouter:
     router = FeatureRouter(
         client,
         LegacyRedisBackend.from_plan(client, plan),
-        PostgresBackend(pg_url, plan),
+        PostgresBackend(pg_url, plan, read_timeout_ms=1000),  # this test is about Redis, not new-store stalls
         plan=plan,
         stats_flush_s=0.2,
         refresh_s=0.5,

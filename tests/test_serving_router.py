@@ -65,7 +65,7 @@ def make_router(plan, redis_client, pg_url, **kw) -> FeatureRouter:
     router = FeatureRouter(
         redis_client,
         LegacyRedisBackend.from_plan(redis_client, plan),
-        PostgresBackend(pg_url, plan, statement_timeout_ms=1000),
+        PostgresBackend(pg_url, plan, statement_timeout_ms=1000, read_timeout_ms=1000),  # not a timeout test
         plan=plan,
         **kw,
     )
