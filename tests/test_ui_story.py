@@ -238,6 +238,10 @@ def test_failed_group_in_cockpit_report_link_and_rollback_form(story, browser) -
     WebDriverWait(browser, 60).until(lambda d: "/fsmig/reports/" in d.current_url)
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.TAG_NAME, "h1"))
     assert "Not authenticated" not in browser.page_source and BUGGY in browser.page_source
+    # one click from the task: what is wrong (one root cause), on which features, and the fix
+    page = browser.page_source
+    assert "Root causes" in page and "time zone" in page and "proven by replay" in page
+    assert "last_click_ts" in page and "AT TIME ZONE" in page
     _shot(browser, "report_from_task_link.png")
 
     # The rollback form states the reason's rule where it is typed; an empty reason is flagged by

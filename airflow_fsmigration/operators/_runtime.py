@@ -42,16 +42,26 @@ def report_url(path: Path) -> str:
 
 
 def write_report(kind: str, group: str | None, run_id: str, title: str, result: dict[str, Any]) -> Path:
-    """A self-contained HTML page for one task's result (summary table plus the full JSON)."""
+    """A self-contained HTML page for one task's result.
+
+    A shadow comparison gets the full shadow report (root causes, SQL diff, charts), the same page
+    ``fsmigrate shadow`` writes; other tasks a summary table plus the full JSON.
+    """
     import json
 
     from airflow_fsmigration.reports import html
 
+    safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    path = reports_dir() / (group or "plan") / kind / f"{safe_run}.html"
+    if kind == "shadow" and "features" in result:
+        from airflow_fsmigration.compare.result import ComparisonResult
+        from airflow_fsmigration.reports.shadow import render_shadow_report
+
+        page = render_shadow_report(ComparisonResult.from_dict(result), out_dir=path.parent)
+        return html.write_page(path, page)
     flat = {k: v for k, v in result.items() if not isinstance(v, dict | list)}
     body = html.section("Summary", html.kv_table(flat))
     body += html.details("Full result (JSON)", html.code(json.dumps(result, indent=2, default=str)))
-    safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-    path = reports_dir() / (group or "plan") / kind / f"{safe_run}.html"
     return html.write_page(path, html.page(title, body, generated_at=datetime.now(UTC)))
 
 
