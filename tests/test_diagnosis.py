@@ -90,7 +90,12 @@ def write_plan(tmp_path, definition: str):
                     {"name": "last_txn_ts", "dtype": "timestamp"},
                 ],
                 "event_sources": [
-                    {"table": "raw.ev", "time_column": "event_ts", "retention": "30d", "id_column": "event_id"}
+                    {
+                        "table": "raw.ev",
+                        "time_column": "event_ts",
+                        "retention": "30d",
+                        "id_column": "event_id",
+                    }
                 ],
                 "legacy_online": {"key_template": "t:g:{entity}", "encoding": "string"},
                 "legacy_offline": {"table": "legacy.g_history"},
@@ -207,7 +212,7 @@ def test_cli_leads_with_the_cause_writes_json_and_refuses_an_undeployed_group(
     from airflow_fsmigration.cli import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, main
     from fsmig_dev.devservices import airflow_conn_env
 
-    plan, old, new = scenario(BOUND_BUG)
+    _plan, old, new = scenario(BOUND_BUG)
     old.close()
     new.close()
     for conn_id, url in (("t_redis", redis_url), ("t_new", pg_url), ("t_registry", pg_url)):
@@ -242,12 +247,14 @@ def test_cli_leads_with_the_cause_writes_json_and_refuses_an_undeployed_group(
 
 
 @pytest.mark.integration
-def test_cli_as_of_records_the_time_the_data_describe(scenario, tmp_path, pg_url, redis_url, monkeypatch, capsys):
+def test_cli_as_of_records_the_time_the_data_describe(
+    scenario, tmp_path, pg_url, redis_url, monkeypatch, capsys
+):
     """Was: a replay against a frozen snapshot was recorded at the wall clock (issue 11)."""
     from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_FAILED, main
     from fsmig_dev.devservices import airflow_conn_env
 
-    plan, old, new = scenario(BOUND_BUG)
+    _plan, old, new = scenario(BOUND_BUG)
     old.close()
     new.close()
     for conn_id, url in (("t_redis", redis_url), ("t_new", pg_url), ("t_registry", pg_url)):

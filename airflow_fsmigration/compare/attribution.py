@@ -107,8 +107,34 @@ def missing_causes(result: ComparisonResult) -> list[RootCause]:
 
 
 def _mismatches(result: ComparisonResult, feature: str) -> int:
+    """Values of ``feature`` that differ: mismatched, lagging (excused, but not equal) and missing."""
     f = result.features[feature]
-    return f.mismatched + f.missing_in_new + f.missing_in_old
+    return f.mismatched + f.lagging + f.missing_in_new + f.missing_in_old
+
+
+def _with_lagging(result: ComparisonResult, causes: list[RootCause]) -> list[RootCause]:
+    """Values the comparison already excused as lag belong to the lag cause (made if needed)."""
+    lagging = {n: f.lagging for n, f in result.features.items() if f.lagging}
+    if not lagging:
+        return causes
+    lag = next((c for c in causes if c.kind == "lag"), None)
+    if lag is None:
+        lag = RootCause(
+            kind="lag",
+            entities=max(lagging.values()),
+            features={},
+            shares={},
+            evidence="differing values whose newer side is past the other store's watermark, within the "
+            "staleness SLA: the lagging store had not yet seen the newest events",
+            fix=_FIX["lag"],
+        )
+        causes.append(lag)
+    for name in result.features:
+        if name in lagging:
+            lag.features[name] = lag.features.get(name, 0) + lagging[name]
+    lag.features = {n: lag.features[n] for n in result.features if n in lag.features}
+    lag.shares = {n: v / max(1, _mismatches(result, n)) for n, v in lag.features.items()}
+    return causes
 
 
 def summarise(
@@ -169,7 +195,7 @@ def summarise(
                 samples=sorted(ents)[:5],
             )
         )
-    return out
+    return _with_lagging(result, out)
 
 
 def _ordered(features: dict[str, Any], names: Iterable[str]) -> list[str]:

@@ -193,8 +193,9 @@ def diagnose(
         read = lambda source, chunk: source.read(group, chunk)  # noqa: E731
     legacy = read(old_source, everyone)
     persistent, _ = mismatching_pairs(group, legacy, read(new_source, everyone))
-    persistent = {p for p in persistent if p[0] in sample}
     first_run = {(e, f) for e, feats in sample.items() for f in feats}
+    # only what the comparison counted as mismatching (a value it excused as lag stays lag)
+    persistent &= first_run
     transient = first_run - persistent
     attributed: dict[str, Pairs] = {}
     if transient:
