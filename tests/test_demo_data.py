@@ -296,7 +296,8 @@ def test_runner_shadow_step_finds_the_planted_bug_and_nothing_else(demo, monkeyp
         _print_shadow_outcome(env, outcome)
         page = write_demo_report(env, outcome, out_dir, assessment=out_dir / "a.html").read_text()
         assert page.count('">report</a>') == 8  # one shadow report per group, linked
-        assert "<b>timezone_shift</b> last_click_ts" in page
+        # the root cause, proven, across the features it moves (was: a per-feature timezone_shift)
+        assert "<b>time_zone (proven by replay)</b>" in page and "last_click_ts" in page
         assert "Found in &#39;user_session_stats&#39;" in page
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

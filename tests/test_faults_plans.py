@@ -165,8 +165,8 @@ CASES: list[tuple[str, Edit, str]] = [
     ("table_empty", ("legacy.g1_history", '""'), "cannot be a Postgres name"),
     ("table_too_long", ("legacy.g1_history", "legacy." + "t" * 70), "63 bytes"),
     (
-        "column_space",
-        ("event_time_column: event_ts", 'event_time_column: "event ts"'),
+        "column_control",
+        ("event_time_column: event_ts", 'event_time_column: "event\\tts"'),
         "cannot be a Postgres name",
     ),
     (

@@ -47,6 +47,7 @@ def _start_api_server(env: dict[str, str], home: Path) -> tuple[subprocess.Popen
     proc = subprocess.Popen(
         [airflow, "api-server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
+    proc.fsmig_log = str(home / "api-server.log")  # type: ignore[attr-defined]
     return proc, f"http://127.0.0.1:{port}", log
 
 
@@ -129,13 +130,21 @@ def _serialize(dags: list) -> None:
         )
 
 
+def _server_log_tail(proc: subprocess.Popen) -> str:
+    """The end of the api-server's log (its stdout is a file; the path is kept on the process)."""
+    path = getattr(proc, "fsmig_log", None)
+    if path is None or not Path(path).exists():
+        return "(no log)"
+    return Path(path).read_text(errors="replace")[-3000:]
+
+
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"api-server exited with {proc.returncode}")
+            raise RuntimeError(f"api-server exited with {proc.returncode}: {_server_log_tail(proc)}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return

@@ -66,7 +66,17 @@ def _sql_part(part: str, whole: str, what: str) -> None:
         raise ValueError(f"{what} {whole!r}: {part!r} is longer than Postgres' {PG_NAME_MAX} bytes")
 
 
+#: A Feast query source has no table: ``feast_query:<source>`` names the query in the .feast.json.
+FEAST_QUERY_PREFIX = "feast_query:"
+# A column name a person could have given: quoted everywhere, so spaces and dashes are fine;
+# control characters, double quotes and semicolons are not (injection-shaped, never a real column).
+_COLUMN_BAD = re.compile(r'[\x00-\x1f\x7f";]')
+
+
 def relation_name(value: str) -> str:
+    if value.startswith(FEAST_QUERY_PREFIX) and len(value) > len(FEAST_QUERY_PREFIX):
+        _sql_part(value[len(FEAST_QUERY_PREFIX) :], value, "Feast query source")
+        return value
     parts = value.split(".")
     if len(parts) > 2:
         raise ValueError(f"table {value!r} must be 'table' or 'schema.table'")
@@ -76,7 +86,12 @@ def relation_name(value: str) -> str:
 
 
 def column_name(value: str) -> str:
-    _sql_part(value, value, "column")
+    if not value.strip() or _COLUMN_BAD.search(value):
+        raise ValueError(
+            f"column {value!r} cannot be a Postgres name: no control characters, double quotes or ';'"
+        )
+    if len(value.encode()) > PG_NAME_MAX:
+        raise ValueError(f"column {value!r} is longer than Postgres' {PG_NAME_MAX} bytes")
     return value
 
 
