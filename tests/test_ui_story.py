@@ -230,6 +230,7 @@ def test_failed_group_in_cockpit_report_link_and_rollback_form(story, browser) -
     bug = rows[BUGGY]
     assert "failed" in bug and "shadow_compare" in bug and "deploy the definition" not in bug
     assert "Why the shadow comparison fails" in browser.page_source
+    assert "time zone on" in browser.page_source and "proven by replay" in browser.page_source
     assert "could not read" not in browser.page_source
     _shot(browser, "cockpit_summary.png")
     browser.execute_script("document.getElementById(arguments[0]).scrollIntoView()", f"g-{BUGGY}")

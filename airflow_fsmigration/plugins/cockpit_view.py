@@ -57,7 +57,26 @@ class GroupView:
         """Root causes the newest failing shadow comparison found (feature, rows, evidence, fix)."""
         if not self.series or str(self.series[-1].verdict) != "fail":
             return []
-        return list(self.series[-1].explanations or [])[:limit]
+        last = self.series[-1]
+        if getattr(last, "causes", None):  # root causes (one per defect, proven by replay) first
+            out = []
+            for c in last.causes[:limit]:
+                feats = c.get("features") or {}
+                proof = "proven by replay" if c.get("proven") else "value pattern, not proven"
+                change = (c.get("rewrite") or {}).get("description")
+                out.append(
+                    {
+                        "kind": c.get("kind"),
+                        "feature": f"{str(c.get('kind')).replace('_', ' ')} on {', '.join(feats)}",
+                        "rows": sum(int(v) for v in feats.values()),
+                        "share": max((float(v) for v in (c.get("shares") or {}).values()), default=0.0),
+                        "evidence": f"{c.get('evidence')} ({proof})"
+                        + (f"; change: {change}" if change else ""),
+                        "fix": c.get("fix"),
+                    }
+                )
+            return out
+        return list(last.explanations or [])[:limit]
 
     def next_gate(self, now: datetime) -> str:
         """The registry's next gate, unless a run says otherwise: a failed run is never "deploy"."""
