@@ -81,8 +81,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("out_inside_a_file", [*BACKFILL, "--every", "1d", *DAY, "--out", A_FILE + "/snap"], "which is a file"),
     ("spine_injection", [*BACKFILL, "--spine", "labels.s; DROP TABLE x"], "cannot be a Postgres name"),
     (
-        "spine_column_space",
-        [*BACKFILL, "--spine", "l.s", "--spine-time-column", "label ts"],
+        "spine_column_quote",
+        [*BACKFILL, "--spine", "l.s", "--spine-time-column", 'label"; ts'],
         "cannot be a Postgres name",
     ),
     ("run_id_blank", [*BACKFILL, "--every", "1d", *DAY, "--run-id", " "], "run id is 1..200 printable"),
