@@ -205,11 +205,8 @@ def test_rewrites_flip_bounds_drop_zones_and_add_dedup():
     assert "e.event_ts <= :as_of" in flipped
 
 
-@pytest.mark.integration
-def test_cli_leads_with_the_cause_writes_json_and_refuses_an_undeployed_group(
-    scenario, tmp_path, pg_url, redis_url, monkeypatch, capsys
-):
-    from airflow_fsmigration.cli import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, main
+def _cli_setup(scenario, pg_url, redis_url, monkeypatch) -> None:
+    """The window-bound scenario deployed, and the plan's connections as AIRFLOW_CONN_* for the CLI."""
     from fsmig_dev.devservices import airflow_conn_env
 
     _plan, old, new = scenario(BOUND_BUG)
@@ -218,6 +215,15 @@ def test_cli_leads_with_the_cause_writes_json_and_refuses_an_undeployed_group(
     for conn_id, url in (("t_redis", redis_url), ("t_new", pg_url), ("t_registry", pg_url)):
         for k, v in airflow_conn_env(conn_id, url).items():
             monkeypatch.setenv(k, v)
+
+
+@pytest.mark.integration
+def test_cli_leads_with_the_cause_writes_json_and_refuses_an_undeployed_group(
+    scenario, tmp_path, pg_url, redis_url, monkeypatch, capsys
+):
+    from airflow_fsmigration.cli import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, main
+
+    _cli_setup(scenario, pg_url, redis_url, monkeypatch)
     args = ["shadow", str(tmp_path / "plan.yaml"), "g", "--out", str(tmp_path / "r"), "--no-gx"]
     code = main([*args, "--json", str(tmp_path / "result.json")])
     printed = capsys.readouterr().out.splitlines()
@@ -252,14 +258,8 @@ def test_cli_as_of_records_the_time_the_data_describe(
 ):
     """Was: a replay against a frozen snapshot was recorded at the wall clock (issue 11)."""
     from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_FAILED, main
-    from fsmig_dev.devservices import airflow_conn_env
 
-    _plan, old, new = scenario(BOUND_BUG)
-    old.close()
-    new.close()
-    for conn_id, url in (("t_redis", redis_url), ("t_new", pg_url), ("t_registry", pg_url)):
-        for k, v in airflow_conn_env(conn_id, url).items():
-            monkeypatch.setenv(k, v)
+    _cli_setup(scenario, pg_url, redis_url, monkeypatch)
     base = ["shadow", str(tmp_path / "plan.yaml"), "g", "--out", str(tmp_path / "r"), "--no-gx"]
     assert main([*base, "--as-of", "yesterday"]) == EXIT_BAD_INPUT
     assert "--as-of 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err

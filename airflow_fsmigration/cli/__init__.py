@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 # Subcommand modules, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -99,6 +99,28 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
     output_dir(str(path.parent) if str(path.parent) else ".")
     return path
+
+
+def known_group(plan: Any, name: str) -> str | None:
+    """``name`` if the plan has that group; else print one line naming the known ones and None."""
+    if name not in plan.groups:
+        print(
+            f"error: plan '{plan.name}' has no group {name!r}; known: {', '.join(sorted(plan.groups))}",
+            file=sys.stderr,
+        )
+        return None
+    return name
+
+
+def emit_json(source: Path, target: Path) -> None:
+    """Copy a written result's JSON to ``target`` (``-``: standard output)."""
+    data = source.read_text()
+    if str(target) == "-":
+        print(data)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(data)
+    print(f"json: {target}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow_fsmigration.cli import bounded_int, output_dir
+from airflow_fsmigration.cli import bounded_int, emit_json, known_group, output_dir
 from airflow_fsmigration.plan.durations import format_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -200,16 +200,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_pit)
 
 
-def _group(plan: Any, name: str) -> str | None:
-    if name not in plan.groups:
-        print(
-            f"error: plan '{plan.name}' has no group {name!r}; known: {', '.join(sorted(plan.groups))}",
-            file=sys.stderr,
-        )
-        return None
-    return name
-
-
 def cmd_backfill(args: argparse.Namespace) -> int:
     import logging
 
@@ -225,7 +215,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     plan = load_plan(args.plan)
-    group = _group(plan, args.group)
+    group = known_group(plan, args.group)
     if group is None:
         return EXIT_BAD_INPUT
     c = plan.connections
@@ -283,7 +273,7 @@ def cmd_pit(args: argparse.Namespace) -> int:
         print(f"fsmigrate pit: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     plan = load_plan(args.plan)
-    group = _group(plan, args.group)
+    group = known_group(plan, args.group)
     if group is None:
         return EXIT_BAD_INPUT
     c = plan.connections
@@ -313,11 +303,5 @@ def cmd_pit(args: argparse.Namespace) -> int:
     path = write_shadow_report(result.comparison, args.out, kind="pit")
     print(f"report: {path}")
     if args.json is not None:
-        data = path.with_suffix(".json").read_text()
-        if str(args.json) == "-":
-            print(data)
-        else:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(data)
-            print(f"json: {args.json}")
+        emit_json(path.with_suffix(".json"), args.json)
     return {"pass": EXIT_OK, "fail": EXIT_FAILED}.get(result.verdict, EXIT_INCONCLUSIVE)

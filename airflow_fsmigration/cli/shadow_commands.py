@@ -7,7 +7,6 @@ Exit 0 pass, 1 fail, 3 inconclusive (a store did not answer, or too few entities
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -73,18 +72,14 @@ def register(sub: Any) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_OK
+    from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_OK, known_group
     from airflow_fsmigration.connections import postgres_url
     from airflow_fsmigration.plan import load_plan
     from airflow_fsmigration.stores.base import UpstreamNotDeployed
     from airflow_fsmigration.stores.new_store import DeployError, NewStore
 
     plan = load_plan(args.plan)
-    if args.group not in plan.groups:
-        print(
-            f"error: plan '{plan.name}' has no group '{args.group}'; groups: {', '.join(sorted(plan.groups))}",
-            file=sys.stderr,
-        )
+    if known_group(plan, args.group) is None:
         return EXIT_BAD_INPUT
     with NewStore(postgres_url(plan.connections.new_store), plan, plan.connections.new_store) as store:
         try:
@@ -97,7 +92,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
-    from airflow_fsmigration.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
+    from airflow_fsmigration.cli import (
+        EXIT_BAD_INPUT,
+        EXIT_FAILED,
+        EXIT_INCONCLUSIVE,
+        EXIT_OK,
+        emit_json,
+        known_group,
+    )
     from airflow_fsmigration.compare.engine import Verdict
     from airflow_fsmigration.compare.results import ResultStore
     from airflow_fsmigration.compare.shadow import parse_shard, run_shadow
@@ -110,11 +112,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     plan = load_plan(args.plan)
-    if args.group not in plan.groups:
-        print(
-            f"error: plan '{plan.name}' has no group '{args.group}'; groups: {', '.join(sorted(plan.groups))}",
-            file=sys.stderr,
-        )
+    if known_group(plan, args.group) is None:
         return EXIT_BAD_INPUT
     try:
         shard = parse_shard(args.shard)
@@ -185,13 +183,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         print(f"  soak: {'green' if soak.satisfied else 'not yet'}: {soak.reason}")
     print(f"report: {path}")
     if args.json is not None:
-        data = json.loads(path.with_suffix(".json").read_text())
-        if str(args.json) == "-":
-            print(json.dumps(data, indent=2))
-        else:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(data, indent=2))
-            print(f"json: {args.json}")
+        emit_json(path.with_suffix(".json"), args.json)
     verdicts = {result.verdict} | ({gx.verdict} if gx is not None else set())
     if Verdict.INCONCLUSIVE in verdicts:
         return EXIT_INCONCLUSIVE
