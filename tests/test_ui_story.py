@@ -270,14 +270,26 @@ def test_failed_group_in_cockpit_report_link_and_rollback_form(story, browser) -
             (b for b in reversed(d.find_elements(By.TAG_NAME, "button")) if b.text.strip() == label), None
         )
 
-    WebDriverWait(browser, 60).until(lambda d: button(d, "Trigger")).click()
+    def click(label: str, timeout: float = 60) -> None:
+        """Click the button once it exists; a re-render (stale element) just means look again."""
+
+        def attempt(d) -> bool:
+            b = button(d, label)
+            if b is None:
+                return False
+            b.click()
+            return True
+
+        WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(attempt)
+
+    click("Trigger")
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "element_reason"))
     WebDriverWait(browser, 10).until(lambda d: "At least 10 characters" in d.page_source)
     assert "This field is required" in browser.page_source
     browser.find_element(By.ID, "element_reason").send_keys("too short")
     assert browser.execute_script("return document.getElementById('element_reason').validity.tooShort")
     _shot(browser, "rollback_form.png")
-    button(browser, "Trigger").click()
+    click("Trigger", 30)
     WebDriverWait(browser, 30).until(lambda d: "is too short" in d.page_source)
     from airflow.models.dagrun import DagRun
 
@@ -287,8 +299,8 @@ def test_failed_group_in_cockpit_report_link_and_rollback_form(story, browser) -
     from selenium.webdriver.common.action_chains import ActionChains
 
     browser.get(f"{base}/dags/{BACKFILL}")
-    WebDriverWait(browser, 60).until(lambda d: button(d, "Trigger")).click()
-    WebDriverWait(browser, 30).until(lambda d: button(d, "What to compute")).click()  # a collapsed section
+    click("Trigger")
+    click("What to compute", 30)  # a collapsed section
     cadence = WebDriverWait(browser, 30).until(
         lambda d: next((e for e in d.find_elements(By.ID, "element_cadence") if e.size["height"]), None)
     )
