@@ -193,8 +193,6 @@ def test_a_clean_port_has_no_cause(scenario):
 
 @pytest.mark.unit
 def test_rewrites_flip_bounds_drop_zones_and_add_dedup():
-    plan_like = None  # the plan is only read for event sources, given through the group below
-    del plan_like
     tree = rewrites.parse(ZONE_BUG)
     bounds = rewrites._bounds(tree)
     assert [side for _, side in bounds] == ["lower", "upper"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from airflow_fsmigration.compare.causes import Rewrite, RootCause
+from airflow_fsmigration.compare.causes import DIAGNOSIS_SAMPLE, Rewrite, RootCause
 from airflow_fsmigration.compare.model import Kind
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ def _ordered(features: dict[str, Any], names: Iterable[str]) -> list[str]:
 
 def _mismatching_entities(result: ComparisonResult, sample: dict[str, list[str]]) -> int:
     """Mismatching entities in the population (estimated from the sample when it is partial)."""
-    if len(sample) < len(result.mismatch_sample) or len(sample) < 300:
+    if len(sample) < DIAGNOSIS_SAMPLE:  # the sample holds every mismatching entity
         return len(sample)
     per_entity = sum(len(v) for v in sample.values()) / max(1, len(sample))
     return round(sum(f.mismatched for f in result.features.values()) / max(per_entity, 1.0))

@@ -206,7 +206,7 @@ def candidates(
     from sqlglot import exp
 
     tree = rw.parse(sql)
-    out = rw.zone_candidates(tree, plan, group, offsets or [])
+    out = rw.zone_candidates(tree, group, offsets or [])
     out += rw.bound_candidates(tree)
     if any(s.id_column for s in group.event_sources):
         out.append(Candidate("deduplication", "deduplicate raw events by their id column", rw.dedup(group)))
@@ -230,8 +230,7 @@ def candidates(
         for d in range(0, 5):
             out.append(Candidate("rounding", f"round to {d} decimal places", rw.rounding(d)))
     if any(
-        isinstance(n.expression, exp.Literal)
-        and n.expression.this in ("100", "1000", "100.0", "1000.0", "0.01")
+        isinstance(n.expression, exp.Literal) and n.expression.this in rw.SCALE_LITERALS
         for n in tree.find_all(exp.Div, exp.Mul)
     ):
         out.append(Candidate("unit_scale", "drop the scale factor (/100, *100, /1000)", rw.unscale))

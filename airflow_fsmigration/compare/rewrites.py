@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_fsmigration.plan.model import FeatureGroup, MigrationPlan
+    from airflow_fsmigration.plan.model import FeatureGroup
 
 _PLACEHOLDER = re.compile(r"(?<!:):as_of\b")
 _MARK = "__fsmig_as_of__"
 _MAX_SINGLE_BOUNDS = 12
+#: Literal factors a unit conversion is written with (``/ 100``, ``* 1000``, ...).
+SCALE_LITERALS = ("100", "1000", "100.0", "1000.0", "0.01")
 
 Transform = Callable[[Any], Any]
 
@@ -163,7 +165,7 @@ def _drop_zone_conversions(tree: Any) -> Any:
     return tree
 
 
-def _time_columns(tree: Any, plan: MigrationPlan, group: FeatureGroup) -> list[Any]:
+def _time_columns(tree: Any, group: FeatureGroup) -> list[Any]:
     """References to an event source's time column in the SELECTs that read that source."""
     from sqlglot import exp
 
@@ -182,12 +184,12 @@ def _time_columns(tree: Any, plan: MigrationPlan, group: FeatureGroup) -> list[A
     return refs
 
 
-def _shift_time(plan: MigrationPlan, group: FeatureGroup, seconds: int) -> Transform:
+def _shift_time(group: FeatureGroup, seconds: int) -> Transform:
     def run(tree: Any) -> Any:
         from sqlglot import exp
 
         tree = tree.copy()
-        for col in _time_columns(tree, plan, group):
+        for col in _time_columns(tree, group):
             shifted = exp.Add(
                 this=col.copy(), expression=exp.Interval(this=exp.Literal.string(f"{seconds} seconds"))
             )
@@ -197,9 +199,7 @@ def _shift_time(plan: MigrationPlan, group: FeatureGroup, seconds: int) -> Trans
     return run
 
 
-def zone_candidates(
-    tree: Any, plan: MigrationPlan, group: FeatureGroup, offsets: list[int]
-) -> list[Candidate]:
+def zone_candidates(tree: Any, group: FeatureGroup, offsets: list[int]) -> list[Candidate]:
     from sqlglot import exp
 
     out = []
@@ -210,14 +210,14 @@ def zone_candidates(
                 "time_zone", f"read the time column as stored: drop `{zones[0]}`", _drop_zone_conversions
             )
         )
-    if _time_columns(tree, plan, group):
+    if _time_columns(tree, group):
         for off in offsets:
             hours = -off / 3600
             out.append(
                 Candidate(
                     "time_zone",
                     f"read the event time {hours:+g} h (the new store's times are {off / 3600:+g} h off)",
-                    _shift_time(plan, group, -off),
+                    _shift_time(group, -off),
                 )
             )
     return out
@@ -289,10 +289,6 @@ def unscale(tree: Any) -> Any:
     tree = tree.copy()
     for node in list(tree.find_all(exp.Div, exp.Mul)):
         lit = node.expression
-        if (
-            isinstance(lit, exp.Literal)
-            and not lit.is_string
-            and lit.this in ("100", "1000", "100.0", "1000.0", "0.01")
-        ):
+        if isinstance(lit, exp.Literal) and not lit.is_string and lit.this in SCALE_LITERALS:
             node.replace(exp.Paren(this=node.this.copy()))
     return tree

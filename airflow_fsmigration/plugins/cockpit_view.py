@@ -63,15 +63,13 @@ class GroupView:
             for c in last.causes[:limit]:
                 feats = c.get("features") or {}
                 proof = "proven by replay" if c.get("proven") else "value pattern, not proven"
-                change = (c.get("rewrite") or {}).get("description")
                 out.append(
                     {
                         "kind": c.get("kind"),
                         "feature": f"{str(c.get('kind')).replace('_', ' ')} on {', '.join(feats)}",
                         "rows": sum(int(v) for v in feats.values()),
                         "share": max((float(v) for v in (c.get("shares") or {}).values()), default=0.0),
-                        "evidence": f"{c.get('evidence')} ({proof})"
-                        + (f"; change: {change}" if change else ""),
+                        "evidence": f"{c.get('evidence')} ({proof})",  # it names the change
                         "fix": c.get("fix"),
                     }
                 )
