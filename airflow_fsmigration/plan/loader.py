@@ -473,7 +473,7 @@ def _partial_plan(data: dict[str, Any], errors: list[tuple[Any, ...]]) -> Migrat
     probe: dict[str, Any] = {k: v for k, v in data.items() if k not in bad_sections}
     probe.setdefault("name", "unnamed")
     if "connections" in bad_sections or "connections" not in probe:
-        probe["connections"] = dict.fromkeys(Connections.model_fields, "unset")
+        probe["connections"] = {k: "unset" for k, f in Connections.model_fields.items() if f.is_required()}
     probe["models"] = {
         m: ({} if ("models", m) in bad_items else spec) for m, spec in (data.get("models") or {}).items()
     }

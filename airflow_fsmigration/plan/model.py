@@ -287,6 +287,19 @@ class Connections(_Strict):
     new_store: ConnId
     registry: ConnId
     model_metrics: ConnId
+    #: Redis for the routing control plane (the routing mirror, routers' reports, breaker trips
+    #: and serving stats). Default: the ``legacy_online`` Redis. A Redis of its own keeps ramps
+    #: and rollbacks reaching routers while the legacy store is down.
+    routing_mirror: ConnId | None = None
+
+    @property
+    def mirror(self) -> str:
+        """The connection id of the routing mirror (``routing_mirror``, else ``legacy_online``)."""
+        return self.routing_mirror or self.legacy_online
+
+    def conn_id(self, role: str) -> str:
+        """The connection id of a role; ``routing_mirror`` falls back to ``legacy_online``."""
+        return self.mirror if role == "routing_mirror" else str(getattr(self, role))
 
 
 class NewStore(_Strict):
