@@ -300,9 +300,13 @@ class ServingFeed:
                     ids = self.entity_ids.get(group or "")
                     if group and ids:
                         # at a 1 % step a batch of 20 rarely touches the new store: size the
-                        # batch so most calls read both backends, as a busy model server's would
-                        pct = max(router.ramp_pct(group), 1.0)
-                        size = min(len(ids), max(self.batch, int(300 / pct)))
+                        # batch so most calls read both backends, as a busy model server's would.
+                        # Before the ramp (0 %) only the old store serves: small batches give the
+                        # bake's pre-ramp baseline many reads even on a loaded machine (a window
+                        # of a few seconds needs 100 of them for a p99).
+                        pct = router.ramp_pct(group)
+                        wide = int(300 / max(pct, 1.0)) if pct > 0 else self.batch
+                        size = min(len(ids), max(self.batch, wide))
                         batch = self._rng.sample(ids, size)
                         router.get_features(group, batch)
                         self.reads[group] = self.reads.get(group, 0) + 1
