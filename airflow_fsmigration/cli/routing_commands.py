@@ -1,7 +1,7 @@
 """``fsmigrate status | rollback | freeze | reconcile | register | keepwarm``: routing without Airflow.
 
 These talk straight to the registry Postgres (plan connection ``registry``) and the Redis mirror
-(plan connection ``legacy_online``), resolved from ``AIRFLOW_CONN_*``, so the one-command
+(plan connection ``routing_mirror``, by default ``legacy_online``), resolved from ``AIRFLOW_CONN_*``, so the one-command
 rollback works when the Airflow scheduler, API server or metadata DB is down.
 
 ``status`` compares three things per group: Postgres (the truth), the Redis mirror, and what the
@@ -93,7 +93,7 @@ class _Context:
         self.redis: Any = None
         self.mirror_error: str | None = None
         try:
-            self.redis = connect_redis(conns.legacy_online)
+            self.redis = connect_redis(conns.mirror)
         except StoreUnavailable as exc:
             if need_mirror:
                 raise

@@ -60,7 +60,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if not ids:
         print(f"inconclusive: no entities of '{args.group}' in {plan.connections.legacy_online} to request")
         return EXIT_INCONCLUSIVE
-    factory = functools.partial(build_router, str(args.plan), online, new_store, listen=False)
+    mirror = redis_url(plan.connections.mirror)
+    factory = functools.partial(
+        build_router, str(args.plan), online, new_store, mirror_url=mirror, listen=False
+    )
     target: Any = factory if args.processes > 1 else factory()
     result = load_test_for_group(
         target, plan, args.group, ids, duration_s=args.duration, processes=args.processes

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airflow_fsmigration.plan import MigrationPlan
 
 POSTGRES_ROLES = ("legacy_offline", "event_log", "new_store", "registry", "model_metrics")
-REDIS_ROLES = ("legacy_online",)
+REDIS_ROLES = ("legacy_online", "routing_mirror")
 
 
 class MigrationHook(BaseHook):
@@ -35,12 +35,12 @@ class MigrationHook(BaseHook):
         super().__init__(**kwargs)
         self.plan = plan
         self._pg: dict[str, FsMigrationPostgresHook] = {}
-        self._redis: FsMigrationRedisHook | None = None
+        self._redis: dict[str, FsMigrationRedisHook] = {}
 
     def conn_id(self, role: str) -> str:
         if role not in (*POSTGRES_ROLES, *REDIS_ROLES):
             raise ValueError(f"unknown connection role {role!r}: use one of {POSTGRES_ROLES + REDIS_ROLES}")
-        return getattr(self.plan.connections, role)
+        return self.plan.connections.conn_id(role)
 
     def postgres(self, role: str) -> FsMigrationPostgresHook:
         from airflow_fsmigration.hooks.stores import FsMigrationPostgresHook
@@ -51,12 +51,15 @@ class MigrationHook(BaseHook):
             self._pg[role] = FsMigrationPostgresHook(postgres_conn_id=self.conn_id(role))
         return self._pg[role]
 
-    def redis(self) -> FsMigrationRedisHook:
+    def redis(self, role: str = "legacy_online") -> FsMigrationRedisHook:
+        """The Redis of ``legacy_online`` (features) or ``routing_mirror`` (routing control plane)."""
         from airflow_fsmigration.hooks.stores import FsMigrationRedisHook
 
-        if self._redis is None:
-            self._redis = FsMigrationRedisHook(redis_conn_id=self.conn_id("legacy_online"))
-        return self._redis
+        if role not in REDIS_ROLES:
+            raise ValueError(f"connection role {role!r} is not a Redis store")
+        if role not in self._redis:
+            self._redis[role] = FsMigrationRedisHook(redis_conn_id=self.conn_id(role))
+        return self._redis[role]
 
     def postgres_url(self, role: str) -> str:
         return self.postgres(role).libpq_url()
@@ -65,11 +68,11 @@ class MigrationHook(BaseHook):
         """A psycopg connection for a Postgres role (autocommit unless told otherwise)."""
         return self.postgres(role).connect(**kwargs)
 
-    def redis_url(self) -> str:
-        return self.redis().redis_url()
+    def redis_url(self, role: str = "legacy_online") -> str:
+        return self.redis(role).redis_url()
 
-    def redis_client(self) -> Any:
-        return self.redis().client()
+    def redis_client(self, role: str = "legacy_online") -> Any:
+        return self.redis(role).client()
 
     @cached_property
     def registry_conn(self) -> Any:
@@ -79,8 +82,8 @@ class MigrationHook(BaseHook):
     def secrets(self) -> list[str]:
         """Every password resolved so far (to redact from logs, XCom and reports)."""
         found = [s for h in self._pg.values() for s in h.secrets]
-        if self._redis is not None:
-            found += self._redis.secrets
+        for hook in self._redis.values():
+            found += hook.secrets
         return found
 
     def redact(self, text: str) -> str:

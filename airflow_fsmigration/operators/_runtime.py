@@ -73,7 +73,7 @@ def open_registry(plan: MigrationPlan, hook: MigrationHook) -> Any:
     from airflow_fsmigration.registry.mirror import RoutingMirror
     from airflow_fsmigration.registry.routing import Registry
 
-    mirror = RoutingMirror(hook.redis_client())
+    mirror = RoutingMirror(hook.redis_client("routing_mirror"))
     registry = Registry(hook.postgres_url("registry"), mirror, plan=plan)
     registry.ensure_schema()
     registry.register_plan(plan, actor="airflow")
@@ -304,8 +304,9 @@ def load_test(
             f"(connection '{plan.connections.new_store}')"
         )
     client = hook.redis_client()
+    control = hook.redis_client("routing_mirror") if plan.connections.routing_mirror else client
     new = PostgresBackend(hook.postgres_url("new_store"), plan)
-    router = FeatureRouter(client, LegacyRedisBackend.from_plan(client, plan), new, plan=plan, listen=False)
+    router = FeatureRouter(control, LegacyRedisBackend.from_plan(client, plan), new, plan=plan, listen=False)
     try:
         if multiplier is None:
             result = load_test_for_group(router, plan, group, ids, duration_s=duration_seconds)

@@ -105,8 +105,10 @@ class PlanResources:
 
     def urls(self, roles: Sequence[str]) -> dict[str, str]:
         """libpq / Redis URLs of the plan's connection roles (for the one-shot gate checks)."""
+        from airflow_fsmigration.hooks.migration import REDIS_ROLES
+
         return {
-            role: self.hook.redis_url() if role == "legacy_online" else self.hook.postgres_url(role)
+            role: self.hook.redis_url(role) if role in REDIS_ROLES else self.hook.postgres_url(role)
             for role in roles
         }
 

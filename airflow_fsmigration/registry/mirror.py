@@ -7,8 +7,8 @@ The wire format (key, channel, canonical JSON, what counts as unreadable) is
 * Postgres is the truth. The mirror only ever moves forward in ``version``: a slow publisher that
   lost a race never overwrites a newer state (checked atomically in a Lua script), and a corrupted
   or missing key is repaired by :meth:`RoutingMirror.reconcile`.
-* The mirror lives in the Redis of the plan's ``legacy_online`` connection, which every serving
-  process already talks to.
+* The mirror lives in the Redis of the plan's ``routing_mirror`` connection; by default that is
+  ``legacy_online``, which every serving process already talks to.
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ class BakeSensor(FsMigrationGateSensor):
     def check(self) -> GateCheck:
         from airflow_fsmigration.triggers.checks import check_bake
 
-        urls = self.urls(("registry", "model_metrics", "legacy_online"))
+        urls = self.urls(("registry", "model_metrics", "routing_mirror"))
         return check_bake(
             self.plan,
             self.feature_group.name,

@@ -445,6 +445,7 @@ def build_router(
     pool_size: int = 4,
     statement_timeout_ms: int = 2000,
     read_timeout_ms: float | dict[str, float] | None = None,
+    mirror_url: str | None = None,
     **kwargs: Any,
 ) -> FeatureRouter:
     """A router over the plan's legacy Redis and a Postgres-wire new store, from URLs.
@@ -452,7 +453,9 @@ def build_router(
     For model servers that are configured by URL, for tools, and as a picklable factory
     (``functools.partial(build_router, plan_path, redis_url, pg_url)``) for multi-process load
     tests. ``read_timeout_ms`` is the new store's client-side deadline per read (default: from
-    each group's SLA, see :func:`~.backends.read_timeout_ms`). ``kwargs`` go to :class:`FeatureRouter`.
+    each group's SLA, see :func:`~.backends.read_timeout_ms`). ``mirror_url`` is the Redis of the
+    plan's ``routing_mirror`` connection when it has one (routing, reports, trips and stats live
+    there; default: the legacy Redis). ``kwargs`` go to :class:`FeatureRouter`.
     """
     import redis
 
@@ -467,8 +470,13 @@ def build_router(
     client = redis.Redis.from_url(
         redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
     )
+    control = client
+    if mirror_url is not None and mirror_url != redis_url:
+        control = redis.Redis.from_url(
+            mirror_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
     return FeatureRouter(
-        client,
+        control,
         LegacyRedisBackend.from_plan(client, plan),
         PostgresBackend(
             new_store_url,

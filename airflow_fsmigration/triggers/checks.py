@@ -156,7 +156,7 @@ def check_bake(
             plan,
             group,
             metrics_conn=_pg(stack, urls["model_metrics"]),
-            read_stats=partial(read_window, _redis(stack, urls["legacy_online"])),
+            read_stats=partial(read_window, _redis(stack, urls["routing_mirror"])),
             bake_start=start,
             bake_end=min(now, end),
             baseline_start=parse_time(windows["baseline_start"]),  # type: ignore[arg-type]

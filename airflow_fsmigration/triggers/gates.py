@@ -33,11 +33,11 @@ async def resolve_urls(plan: Any, roles: tuple[str, ...], secrets: list[str] | N
 
     urls: dict[str, str] = {}
     for role in roles:
-        conn = await get_async_connection(getattr(plan.connections, role))
+        conn = await get_async_connection(plan.connections.conn_id(role))
         info = conn_info(conn)
         if secrets is not None and info.password:
             secrets.append(info.password)
-        urls[role] = info.redis_url() if role == "legacy_online" else info.postgres_url()
+        urls[role] = info.redis_url() if role in ("legacy_online", "routing_mirror") else info.postgres_url()
     return urls
 
 
@@ -129,7 +129,7 @@ class BakeTrigger(FsMigrationGateTrigger):
     :param inconclusive_grace: seconds after the window to wait for late labels before failing.
     """
 
-    roles = ("registry", "model_metrics", "legacy_online")
+    roles = ("registry", "model_metrics", "routing_mirror")
 
     def __init__(
         self,
