@@ -14,6 +14,14 @@ def register(sub: Any) -> None:
         "validate", help="check a plan; print OK and the waves, or every error with file and line"
     )
     p.add_argument("plan", type=Path, help="plan YAML file or folder of YAML files")
+    p.add_argument(
+        "--rewrites",
+        type=output_dir,
+        default=None,
+        metavar="DIR",
+        help="with new_store.dialect risingwave: write the mechanical rewrite of each definition "
+        "RisingWave refuses (windows in FILTER clauses) to DIR/<group>.sql",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("assess", help="write the inventory report (Markdown and HTML) for a plan")
@@ -38,6 +46,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from airflow_fsmigration.plan.graph import risk_tier
 
     plan = load_plan(args.plan)
+    lint = (
+        _lint_risingwave(plan, getattr(args, "rewrites", None))
+        if str(plan.new_store.dialect) == "risingwave"
+        else []
+    )
+    if lint is None:
+        return 2
     waves = compute_waves(plan)
     features = sum(len(g.features) for g in plan.groups.values())
     print(f"OK: plan '{plan.name}': {len(plan.groups)} groups, {features} features, {len(waves.waves)} waves")
@@ -46,7 +61,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  wave {i}: {names}")
     for finding in dependency_findings(plan):
         print(f"  warning: {finding}")
+    for line in lint:
+        print(f"  {line}")
     return 0
+
+
+def _lint_risingwave(plan: Any, rewrites: Path | None) -> list[str] | None:
+    """RisingWave's streaming rules on every definition: None after printing the errors (exit 2),
+    else the lines to print after the waves (warnings, rewrites written)."""
+    import sys
+
+    from airflow_fsmigration.stores.risingwave_lint import lint_plan
+    from airflow_fsmigration.stores.risingwave_rewrite import rewrite_windows
+
+    findings = lint_plan(plan)
+    errors = [f for f in findings if f.severity == "error"]
+    lines = [f"warning: {f}" for f in findings if f.severity != "error"]
+    if errors and rewrites is None:
+        lines.append("fsmigrate validate PLAN --rewrites DIR writes the mechanical rewrites where one exists")
+    if rewrites is not None:
+        rewrites.mkdir(parents=True, exist_ok=True)
+        for group in sorted({f.group for f in errors}):
+            text = rewrite_windows(plan.definition_sql(group))
+            if text is not None:
+                (rewrites / f"{group}.sql").write_text(text)
+                lines.append(
+                    f"rewrite: {rewrites / f'{group}.sql'} (one temporal-filtered subquery per window)"
+                )
+    if not errors:
+        return [*lines, "risingwave: every definition is a streaming query RisingWave accepts"]
+    count = len(errors)
+    print(
+        f"the definitions have {count} error{'s' if count != 1 else ''} for new_store.dialect risingwave:",
+        file=sys.stderr,
+    )
+    for f in errors:
+        print(f"  {f}", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    return None
 
 
 def cmd_assess(args: argparse.Namespace) -> int:
