@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from airflow_fsmigration.plan.durations import format_duration, parse_duration
+from airflow_fsmigration.plan.feast_layout import FeastOfflineFields, FeastOnlineFields
 
 # YAML dates arrive as ISO text after the JSON round trip the loader uses for strict validation.
 Day = Annotated[date, Strict(False)]
@@ -335,8 +336,8 @@ class Feature(_Strict):
     description: str | None = None
 
 
-class LegacyOnline(_Strict):
-    """Where the old online store keeps a group: one Redis hash per entity."""
+class LegacyOnline(FeastOnlineFields, _Strict):
+    """Where the old online store keeps a group: one Redis hash per entity (or Feast's layout)."""
 
     key_template: str
     encoding: ValueEncoding = ValueEncoding.STRING
@@ -363,8 +364,8 @@ class LegacyOnline(_Strict):
         return value
 
 
-class LegacyOffline(_Strict):
-    """The old offline store: a history table of (entity, event time, features)."""
+class LegacyOffline(FeastOfflineFields, _Strict):
+    """The old offline store: a history table of (entity, event time, features), or a Feast source."""
 
     table: Relation
     event_time_column: Column = "event_ts"
@@ -408,6 +409,7 @@ class FeatureGroup(_Strict):
     legacy_offline: LegacyOffline
     event_sources: tuple[EventSource, ...] = ()
     backfill_window: PositiveSpan = timedelta(days=30)
+    ttl: PositiveSpan | None = None  # a value older than this is no value (Feast's view TTL; none: kept)
     models: tuple[Name, ...] = ()
     sla: Sla
     qps: Qps
