@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,9 +87,10 @@ class Draft:
 
     plan_path: Path
     sql_paths: list[Path]
-    registry_path: Path
     todos: list[str]
     skipped: list[str]
+    # Feature services that lose features to a skipped view or feature: said loudly, never silently.
+    incomplete_models: list[str] = field(default_factory=list)
 
 
 def _feature_lines(features: list[FeastField]) -> list[str]:
@@ -99,9 +100,75 @@ def _feature_lines(features: list[FeastField]) -> list[str]:
         if f.value_type == "FLOAT":
             # Feast keeps FLOAT as float32: allow its rounding when the new store computes in float64.
             extra = ", rtol: 0.0000001"
+        elif f.value_type == "UNIX_TIMESTAMP":
+            # Feast's online store keeps UnixTimestamp features in whole seconds (it truncates).
+            extra = ", atol: 1"
         desc = f", description: {_q(f.description)}" if f.description else ""
         lines.append(f"      - {{name: {plan_name(f.name)}, dtype: {f.dtype}{extra}{desc}}}")
     return lines
+
+
+def _drafted(view: FeastView) -> tuple[list[FeastField], str | None]:
+    """The features of ``view`` the draft can hold, and why the whole view is skipped (or None)."""
+    if len(view.join_keys) != 1:
+        return [], (
+            f"{len(view.join_keys)} join keys ({', '.join(k.name for k in view.join_keys) or 'none'}); "
+            "the plan holds one entity key per group (composite keys are not supported yet)"
+        )
+    if view.join_keys[0].value_type not in ("INT64", "INT32", "STRING"):
+        return [], f"join key type {view.join_keys[0].value_type} is not supported"
+    features = [f for f in view.features if f.dtype is not None]
+    if not features:
+        return [], "no feature with a supported type"
+    return features, None
+
+
+def _flow(items: dict[str, Any]) -> str:
+    """A YAML flow mapping of the non-empty items (JSON-quoted scalars, nested mappings)."""
+    parts = []
+    for k, v in items.items():
+        if v is None or v == {}:
+            continue
+        if isinstance(v, dict):
+            v = "{" + ", ".join(f"{_q(a)}: {_q(b)}" for a, b in v.items()) + "}"
+        elif not isinstance(v, int) or isinstance(v, bool):
+            v = _q(v)
+        parts.append(f"{k}: {v}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _model_lines(
+    repo: FeastRepo, kept: dict[str, set[str]], why: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """One model per feature service, with the features it reads; and the services that lose some."""
+    lines: list[str] = []
+    incomplete: list[str] = []
+    for svc in repo.services:
+        name = plan_name(svc["name"])
+        uses, lost = [], []
+        for proj in svc["views"]:
+            view = repo.views.get(proj["view"])
+            names = proj["features"] or ([f.name for f in view.features] if view else [])
+            for feat in names:
+                if feat in kept.get(proj["view"], set()):
+                    uses.append(f"{plan_name(proj['view'])}.{plan_name(feat)}")
+                else:
+                    reason = why.get(f"{proj['view']}:{feat}") or why.get(proj["view"], "not drafted")
+                    lost.append(f"{proj['view']}:{feat} ({reason})")
+        desc = svc.get("description") or f"Feast feature service '{svc['name']}'"
+        if lost:
+            desc = f"INCOMPLETE: {len(lost)} of {len(lost) + len(uses)} features not migrated. {desc}"
+            incomplete.append(f"model '{name}' (feature service '{svc['name']}') loses " + "; ".join(lost))
+        lines.append(f"  {name}:")
+        lines.append(f"    description: {_q(desc)}")
+        if svc.get("owner"):
+            lines.append(f"    owner: {_q(svc['owner'])}")
+        if svc.get("tags"):
+            lines.append(f"    # Feast tags: {_q(svc['tags'])}")
+        lines.append(f"    # reads ({len(uses)}): {', '.join(uses) or 'nothing that was drafted'}")
+        for item in lost:
+            lines.append(f"    # WARNING(fsmigrate): NOT MIGRATED, the model loses {item}")
+    return lines, incomplete
 
 
 def draft_plan(
@@ -111,10 +178,12 @@ def draft_plan(
     online_conn: str = "feast_online",
     offline_conn: str = "feast_offline",
 ) -> Draft:
-    """Write a draft plan (YAML), SQL stubs (``sql/<group>.sql``) and the Feast dump beside it.
+    """Write a draft plan (YAML) and SQL stubs (``sql/<group>.sql``).
 
-    Nothing that Feast does not know is invented: SLA, QPS and the SQL definitions are left as
-    ``TODO(fsmigrate)`` markers that fail validation with the marker text until a person fills them.
+    Every group says ``layout: feast`` with the project, view and key serialization, so the
+    readers need nothing beside the plan. Nothing that Feast does not know is invented: SLA, QPS
+    and the SQL definitions are left as ``TODO(fsmigrate)`` markers that fail validation with
+    the marker text until a person fills them.
     """
     out = Path(out)
     plan_dir = out.parent
@@ -122,9 +191,22 @@ def draft_plan(
     sql_dir.mkdir(parents=True, exist_ok=True)
     todos: list[str] = []
     skipped: list[str] = []
-    registry_path = plan_dir / f"{out.stem}.feast.json"
-    registry_path.write_text(json.dumps(repo.raw or {}, indent=2, default=str) + "\n")
 
+    kept: dict[str, set[str]] = {}
+    why: dict[str, str] = {}
+    for view in repo.views.values():
+        features, reason = _drafted(view)
+        if reason:
+            why[view.name] = reason
+            skipped.append(f"feature view '{view.name}': {reason}")
+        for f in view.features:
+            if f.dtype is None:
+                why[f"{view.name}:{f.name}"] = f"Feast type {f.value_type} has no plan dtype"
+                if not reason:
+                    skipped.append(
+                        f"feature '{view.name}:{f.name}': Feast type {f.value_type} has no plan dtype"
+                    )
+        kept[view.name] = {f.name for f in features}
     used_by: dict[str, list[str]] = {}
     for svc in repo.services:
         for proj in svc["views"]:
@@ -137,8 +219,8 @@ def draft_plan(
         f"# from {repo.repo or 'a Feast repository'} on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         f"# Fill in every {TODO} (here and in sql/*.sql), then run `fsmigrate validate {out.name}`:",
         "# it fails, naming each field still to fill, until all are done. SLA and QPS come from your",
-        "# serving metrics; Feast does not know them, so they are not guessed.",
-        f"# Feast's own definitions are kept in {registry_path.name}, which the Feast readers use.",
+        "# serving metrics; Feast does not know them, so they are not guessed. Each group's",
+        "# legacy_online/legacy_offline say `layout: feast`: the readers find Feast's data from the plan alone.",
         "version: 1",
         f"name: {plan_name(repo.project)}",
         f"description: {_q(f'Move Feast project {repo.project} to the new store')}",
@@ -152,44 +234,21 @@ def draft_plan(
         "  registry: fsmig_registry",
         "  model_metrics: model_metrics",
     ]
-    if repo.services:
-        lines.append("models:")
-        for svc in repo.services:
-            lines.append(f"  {plan_name(svc['name'])}:")
-            desc = svc.get("description") or f"Feast feature service '{svc['name']}'"
-            lines.append(f"    description: {_q(desc)}")
-            if svc.get("owner"):
-                lines.append(f"    owner: {_q(svc['owner'])}")
-    else:
-        lines.append("models: {}")
+    model_lines, incomplete = _model_lines(repo, kept, why)
+    lines += ["models:", *model_lines] if model_lines else ["models: {}"]
     lines.append("groups:")
     sql_paths = []
     for view in repo.views.values():
+        if view.name in why:
+            continue
         group = plan_name(view.name)
-        if len(view.join_keys) != 1:
-            skipped.append(
-                f"feature view '{view.name}': {len(view.join_keys)} join keys "
-                f"({', '.join(k.name for k in view.join_keys) or 'none'}); the plan holds one entity key per group"
-            )
-            continue
         key = view.join_keys[0]
-        key_dtype = key.dtype if key.dtype in ("int64", "string") else None
-        if key_dtype is None:
-            skipped.append(f"feature view '{view.name}': join key type {key.value_type} is not supported")
-            continue
-        features = [f for f in view.features if f.dtype is not None]
-        for f in view.features:
-            if f.dtype is None:
-                skipped.append(f"feature '{view.name}:{f.name}': Feast type {f.value_type} has no plan dtype")
-        if not features:
-            skipped.append(f"feature view '{view.name}': no feature with a supported type")
-            continue
+        features = [f for f in view.features if f.name in kept[view.name]]
         src = view.source
         sql_path = sql_dir / f"{group}.sql"
         sql_path.write_text(definition_stub(view, group, plan_name(key.name), features))
         sql_paths.append(sql_path)
         todos.append(f"{sql_path.relative_to(plan_dir)}: write the SELECT for group '{group}'")
-        ttl_note = f"Feast TTL {_duration(view.ttl_seconds)}" if view.ttl_seconds else "Feast view has no TTL"
         fill = f"{TODO}: fill in"
         lines += [
             f"  {group}:",
@@ -197,37 +256,59 @@ def draft_plan(
         ]
         if view.owner:
             lines.append(f"    owner: {_q(view.owner)}")
+        if view.tags:
+            lines.append(f"    # Feast tags: {_q(view.tags)}")
+        renamed = {plan_name(f.name): f.name for f in features if plan_name(f.name) != f.name}
         lines += [
             f"    entity_key: {plan_name(key.name)}",
-            f"    entity_dtype: {key_dtype}",
+            f"    entity_dtype: {'int64' if key.value_type in ('INT64', 'INT32') else 'string'}",
             f"    definition: sql/{group}.sql",
+        ]
+        if view.ttl_seconds:
+            lines.append(
+                f"    ttl: {_duration(view.ttl_seconds)}  # Feast's view TTL: older values are no values"
+            )
+        lines += [
             "    features:",
             *_feature_lines(features),
-            f"    # Feast layout (project '{repo.project}', view '{view.name}'): read by FeastRedisOnlineSource",
-            f"    legacy_online: {{key_template: {_q(f'feast:{repo.project}:{view.name}:{{entity}}')}, "
-            f"encoding: string, timestamp_field: {_q(f'_ts:{view.name}')}}}",
+            "    legacy_online: "
+            + _flow(
+                {
+                    "layout": "feast",
+                    "project": repo.project,
+                    "view": view.name,
+                    "entity_key_serialization_version": repo.entity_key_serialization_version,
+                    "join_key": key.name if plan_name(key.name) != key.name else None,
+                    "join_key_type": key.value_type if key.value_type == "INT32" else None,
+                    "feature_names": renamed,
+                }
+            ),
         ]
-        if src and src.table:
-            lines.append(
-                f"    legacy_offline: {{table: {_q(src.table)}, event_time_column: {_q(src.timestamp_field)}, "
-                f"entity_column: {_q(src.column_for(key.name))}}}"
-            )
+        if src is not None:
+            columns = {plan_name(f.name): src.column_for(f.name) for f in features}
+            offline_fields: dict[str, Any] = {
+                "layout": "feast",
+                "table": src.table or f"feast_query:{plan_name(src.name or view.name)}",
+                "event_time_column": src.timestamp_field,
+                "entity_column": src.column_for(key.name),
+                "created_timestamp_column": src.created_timestamp_column,
+                "columns": {k: v for k, v in columns.items() if k != v},
+            }
+            if not src.table:
+                offline_fields["query"] = (src.query or "").strip()
+            lines.append("    legacy_offline: " + _flow(offline_fields))
+            if src.table:
+                lines.append(
+                    f"    # event_sources: [{{table: {src.table}, time_column: {src.timestamp_field}, "
+                    "retention: <how long raw events are kept>}]"
+                )
         else:
-            # A query source has no table: FeastPostgresOfflineSource runs the query from the .feast.json.
-            label = f"feast_query:{src.name if src and src.name else view.name}"
-            lines.append(
-                f"    legacy_offline: {{table: {_q(label)}, "
-                f"event_time_column: {_q(src.timestamp_field if src else 'event_ts')}}}  # Feast query source"
-            )
-        if src and src.table:
-            lines.append(
-                f"    # event_sources: [{{table: {src.table}, time_column: {src.timestamp_field}, "
-                "retention: <how long raw events are kept>}]"
-            )
+            lines.append(f"    legacy_offline: {{table: {_q(TODO + ': the offline table')}}}")
+            todos.append(f"groups.{group}.legacy_offline")
         if used_by.get(view.name):
             lines.append(f"    models: [{', '.join(sorted(set(used_by[view.name])))}]")
         lines += [
-            f"    sla:  # {ttl_note}",
+            "    sla:",
             f"      p99_ms: {_q(fill + ': serving p99 latency in ms')}",
             f"      max_staleness: {_q(fill + ': e.g. 5m or 1h')}",
             "    qps:",
@@ -245,6 +326,8 @@ def draft_plan(
     log.info(
         "drafted %s: %d groups, %d fields to fill, %d skipped", out, len(sql_paths), len(todos), len(skipped)
     )
+    for item in incomplete:
+        log.warning("import-feast: %s", item)
     return Draft(
-        plan_path=out, sql_paths=sql_paths, registry_path=registry_path, todos=todos, skipped=skipped
+        plan_path=out, sql_paths=sql_paths, todos=todos, skipped=skipped, incomplete_models=incomplete
     )

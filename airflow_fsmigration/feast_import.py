@@ -180,6 +180,7 @@ for fs in contents.feature_services:
         "name": fs.name,
         "description": fs.description or None,
         "owner": fs.owner or None,
+        "tags": dict(fs.tags or {}),
         "views": [{"name": p.name_to_use(), "view": p.name, "features": [f.name for f in p.features]}
                   for p in fs.feature_view_projections],
     })
@@ -277,6 +278,8 @@ class FeastRepo:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     repo: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Plan group -> view, when the repo was built from a plan's ``layout: feast`` groups.
+    groups: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeastRepo:
@@ -336,8 +339,8 @@ class FeastRepo:
             ) from None
 
     def default_mapping(self) -> dict[str, str]:
-        """Plan group name -> Feast view name, as ``draft_plan`` names the groups."""
-        return {plan_name(v): v for v in self.views}
+        """Plan group name -> Feast view name: the plan's own, or as ``draft_plan`` names the groups."""
+        return dict(self.groups) if self.groups else {plan_name(v): v for v in self.views}
 
     def view_for_group(self, mapping: dict[str, str], group: str) -> FeastView:
         """The Feast view behind a plan group, or an error naming the group and what is mapped."""
@@ -354,9 +357,10 @@ def feast_feature_names(view: FeastView, group: Any) -> list[str]:
     """The Feast feature behind each feature of a plan group, in the group's order."""
     by_plan = {plan_name(f.name): f.name for f in view.features}
     names = {f.name for f in view.features}
+    renamed = getattr(group.legacy_online, "feature_names", None) or {}
     out = []
     for f in group.features:
-        feast_name = f.name if f.name in names else by_plan.get(f.name)
+        feast_name = renamed.get(f.name) or (f.name if f.name in names else by_plan.get(f.name))
         if feast_name is None:
             raise KeyError(
                 f"group '{group.name}': feature '{f.name}' is not in Feast view '{view.name}' "
@@ -384,11 +388,86 @@ def plan_name(name: str) -> str:
     return out if re.match(r"[a-z_]", out) else f"f_{out}"
 
 
-def find_feast_repo(plan: Any) -> FeastRepo | None:
-    """The Feast definitions beside a plan (the ``*.feast.json`` import-feast wrote), or None.
+# Plan dtype -> the Feast value type a synthesized view declares (only names and keys are read).
+_DTYPE_VALUE_TYPES = {
+    "int64": "INT64",
+    "float64": "DOUBLE",
+    "string": "STRING",
+    "bool": "BOOL",
+    "timestamp": "UNIX_TIMESTAMP",
+}
 
-    This is how a plan says "my legacy stores are Feast's" until the plan model has a field for it.
+
+def view_from_group(group: Any) -> FeastView:
+    """The Feast view behind a ``layout: feast`` group, from the plan's fields alone."""
+    lo, lof = group.legacy_online, group.legacy_offline
+    join_key = lo.join_key or group.entity_key
+    key_type = lo.join_key_type or ("INT64" if str(group.entity_dtype) == "int64" else "STRING")
+    features = tuple(
+        FeastField(lo.feature_names.get(f.name, f.name), _DTYPE_VALUE_TYPES.get(str(f.dtype), "UNKNOWN"))
+        for f in group.features
+    )
+    source = None
+    if getattr(lof, "layout", "plain") == "feast":
+        mapping = {col: lo.feature_names.get(name, name) for name, col in lof.columns.items()}
+        if lof.entity_column and lof.entity_column != join_key:
+            mapping[lof.entity_column] = join_key
+        is_query = lof.table.startswith("feast_query:")
+        source = FeastSource(
+            name=lof.table.removeprefix("feast_query:") if is_query else None,
+            kind="PostgreSQLSource",
+            timestamp_field=lof.event_time_column,
+            created_timestamp_column=lof.created_timestamp_column,
+            field_mapping=mapping,
+            table=None if is_query else lof.table,
+            query=lof.query if is_query else None,
+        )
+    ttl = group.ttl
+    return FeastView(
+        name=lo.view or group.name,
+        join_keys=(FeastField(join_key, key_type),),
+        features=features,
+        ttl_seconds=int(ttl.total_seconds()) if ttl else 0,
+        source=source,
+        description=group.description,
+        owner=group.owner,
+    )
+
+
+def repo_from_plan(plan: Any) -> FeastRepo | None:
+    """The Feast definitions of a plan's ``layout: feast`` groups, or None when it has none."""
+    groups = [g for g in plan.groups.values() if getattr(g.legacy_online, "layout", "plain") == "feast"]
+    groups += [
+        g
+        for g in plan.groups.values()
+        if g not in groups and getattr(g.legacy_offline, "layout", "plain") == "feast"
+    ]
+    if not groups:
+        return None
+    projects = sorted({g.legacy_online.project for g in groups if g.legacy_online.project})
+    if len(projects) > 1:
+        raise ValueError(
+            f"plan '{plan.name}': groups name {len(projects)} Feast projects ({', '.join(projects)}); "
+            "the Feast readers read one project per plan: split the plan"
+        )
+    views = {}
+    mapping = {}
+    for g in groups:
+        view = view_from_group(g)
+        views[view.name] = view
+        mapping[g.name] = view.name
+    return FeastRepo(project=projects[0] if projects else "", views=views, groups=mapping)
+
+
+def find_feast_repo(plan: Any) -> FeastRepo | None:
+    """The plan's Feast definitions: its ``layout: feast`` groups, else a ``*.feast.json`` beside it.
+
+    The side file is how plans drafted before ``layout: feast`` said "my stores are Feast's"; it
+    is still read, with a deprecation notice, so those plans keep working.
     """
+    from_plan = repo_from_plan(plan)
+    if from_plan is not None:
+        return from_plan
     found = sorted(Path(plan.source_dir).glob("*.feast.json"))
     if not found:
         return None
@@ -397,4 +476,10 @@ def find_feast_repo(plan: Any) -> FeastRepo | None:
             f"{plan.source_dir} holds {len(found)} Feast definition files ({', '.join(p.name for p in found)}); "
             "keep the one of this plan"
         )
+    log.warning(
+        "plan '%s': reading Feast's layout from %s is deprecated; put it in the plan "
+        "(legacy_online: {layout: feast, project: ...}: run `fsmigrate import-feast` again)",
+        plan.name,
+        found[0],
+    )
     return FeastRepo.from_json(found[0])

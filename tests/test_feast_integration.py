@@ -386,7 +386,7 @@ def test_import_feast_drafts_a_plan_that_validates_once_filled(feast_world, tmp_
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "2 groups from Feast project 'fsmig_demo'" in printed
+    assert "2 groups from Feast project 'fsmig_demo'" in printed and "layout: feast" in printed
     with pytest.raises(PlanError) as exc:
         load_plan(out)
     todo_issues = [i for i in exc.value.issues if "TODO(fsmigrate)" in i.message]
@@ -407,8 +407,8 @@ def test_import_feast_drafts_a_plan_that_validates_once_filled(feast_world, tmp_
     ]
     assert driver.models == ("driver_activity",) and "driver_activity" in plan.models
     assert plan.groups["customer_profile"].entity_dtype == "string"
-    repo = fi.FeastRepo.from_json(tmp_path / "plan.feast.json")
-    assert set(repo.views) == {"driver_hourly_stats", "customer_profile"}
+    assert driver.legacy_online.layout == "feast" and driver.ttl == timedelta(days=1)
+    assert driver.feature("last_trip_ts").atol == 1  # Feast's online store keeps whole seconds
     assert main(["import-feast", str(feast_world["repo_path"]), "--out", str(out)]) == 2  # no overwrite
 
     # The completed plan reads Feast's stores by group name, through the plan's Feast definitions.
@@ -440,3 +440,58 @@ def _fill_draft(plan_path: Path) -> None:
         lines = sql_file.read_text().splitlines()
         start = lines.index(fdr.SUGGESTION_MARKER) + 1
         sql_file.write_text("\n".join(line.removeprefix("-- ") for line in lines[start:]) + "\n")
+
+
+def _drafted_plan_alone(feast_world, tmp_path: Path) -> Path:
+    """A drafted, filled plan copied to a folder of its own: plan.yaml and sql/, nothing else."""
+    import shutil
+
+    draft_dir = tmp_path / "draft"
+    draft_dir.mkdir()
+    fdr.draft_plan(feast_world["repo"], draft_dir / "plan.yaml")
+    _fill_draft(draft_dir / "plan.yaml")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(draft_dir / "plan.yaml", alone / "plan.yaml")
+    shutil.copytree(draft_dir / "sql", alone / "sql")
+    return alone / "plan.yaml"
+
+
+def test_a_drafted_plan_copied_alone_still_reads_feast(feast_world, tmp_path):
+    """Issue 15: a plan copied without its side file read 0 of N rows with no error."""
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.stores.feast_offline import offline_source_for
+    from airflow_fsmigration.stores.feast_online import online_source_for
+
+    plan = load_plan(_drafted_plan_alone(feast_world, tmp_path))
+    ids = [str(d) for d in range(1, DRIVERS + 1)] + MISSING_DRIVERS
+    online = online_source_for(plan, feast_world["redis_url"])
+    assert online.read("driver_hourly_stats", ids).num_rows == DRIVERS
+    customers = [f"c{c:04d}" for c in range(1, CUSTOMERS + 1)]
+    assert online.read("customer_profile", customers).num_rows == 30
+    with offline_source_for(plan, feast_world["pg_url"]) as offline:
+        assert offline.read_as_of("customer_profile", ["c0001"], feast_world["now"]).num_rows == 1
+        now = feast_world["now"]
+        current = offline.read_as_of("driver_hourly_stats", ids, now)
+        assert current.num_rows == DRIVERS - DRIVERS // 7  # the plan's ttl: 1d applies
+
+
+def test_a_read_that_finds_none_of_the_keys_is_inconclusive_not_empty(feast_world, tmp_path):
+    from airflow_fsmigration.connections import StoreUnavailable
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.stores.feast_online import online_source_for
+
+    path = _drafted_plan_alone(feast_world, tmp_path)
+    good = online_source_for(load_plan(path), feast_world["redis_url"])
+    assert good.read("driver_hourly_stats", MISSING_DRIVERS).num_rows == 0  # absent entities: an answer
+    text = path.read_text()
+    path.write_text(text.replace('project: "fsmig_demo"', 'project: "fsmig_prod"'))
+    wrong = online_source_for(load_plan(path), feast_world["redis_url"])
+    with pytest.raises(StoreUnavailable) as exc:
+        wrong.read("driver_hourly_stats", [str(d) for d in range(1, 501)])
+    message = str(exc.value)
+    assert "none of the 500 entities" in message and "'fsmig_prod'" in message
+    assert "project(s) 'fsmig_demo'" in message  # where the keys are
+    path.write_text(text.replace('view: "customer_profile"', 'view: "customer_profiles"'))
+    with pytest.raises(StoreUnavailable, match="is the view name right"):
+        online_source_for(load_plan(path), feast_world["redis_url"]).read("customer_profile", ["c0001"])

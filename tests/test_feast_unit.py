@@ -289,7 +289,92 @@ def test_draft_fails_validation_on_each_marker_then_validates_when_filled(tmp_pa
         ("trips", "int64", 0.0),
     ]
     assert group.models == ("eta_model",) and group.sla.max_staleness == timedelta(hours=2)
-    assert fi.FeastRepo.from_json(draft.registry_path).views.keys() == {"driver_stats", "pair_stats"}
+    # The plan itself says where Feast keeps the data: no side file is written or needed.
+    assert not list(tmp_path.glob("*.feast.json"))
+    assert group.legacy_online.layout == "feast" and group.legacy_online.project == "Rides-Prod"
+    assert group.legacy_online.view == "driver_stats"
+    assert group.legacy_online.entity_key_serialization_version == 3
+    assert group.ttl == timedelta(hours=2)
+    assert group.legacy_offline.layout == "feast"
+    assert group.legacy_offline.columns == {"trips": "trips_total"}
+    built = fi.find_feast_repo(plan)
+    assert (
+        built is not None
+        and built.project == "Rides-Prod"
+        and built.default_mapping() == {"driver_stats": "driver_stats"}
+    )
+    view = built.views["driver_stats"]
+    original = repo.views["driver_stats"]
+    assert view.ttl_seconds == 7200 and view.join_keys == original.join_keys
+    assert fi.feast_feature_names(view, group) == ["conv_rate", "trips"]
+    assert view.source.column_for("trips") == "trips_total" and view.source.table == "raw.driver_stats"
+    # The same layout, byte for byte, as the definitions dumped from Feast.
+    ids = pa.array(["1", "-7", str(2**40)])
+    assert fc.redis_key_array(view, built.project, ids) == fc.redis_key_array(original, repo.project, ids)
+
+
+def test_a_service_spanning_a_skipped_view_or_feature_is_flagged_loudly(tmp_path, caplog):
+    dump = {
+        **REPO_DUMP,
+        "feature_services": [
+            {
+                "name": "Pricing",
+                "owner": "pricing@example.com",
+                "tags": {"team": "pricing"},
+                "views": [
+                    {"name": "driver_stats", "view": "driver_stats", "features": ["trips", "recent_ids"]},
+                    {"name": "pair_stats", "view": "pair_stats", "features": ["n"]},
+                ],
+            },
+            {
+                "name": "ETA Model",
+                "views": [{"name": "driver_stats", "view": "driver_stats", "features": ["conv_rate"]}],
+            },
+        ],
+    }
+    draft = fdr.draft_plan(fi.FeastRepo.from_dict(dump), tmp_path / "plan.yaml")
+    text = (tmp_path / "plan.yaml").read_text()
+    assert len(draft.incomplete_models) == 1
+    (item,) = draft.incomplete_models
+    assert "pricing" in item and "pair_stats:n" in item and "driver_stats:recent_ids" in item
+    assert "INCOMPLETE: 2 of 3 features not migrated" in text
+    assert "# WARNING(fsmigrate): NOT MIGRATED, the model loses pair_stats:n (2 join keys" in text
+    assert "# reads (1): driver_stats.trips" in text and "# reads (1): driver_stats.conv_rate" in text
+    assert 'owner: "pricing@example.com"' in text and '# Feast tags: {"team": "pricing"}' in text
+    assert "import-feast: model 'pricing'" in caplog.text
+
+
+def test_feast_layout_fields_are_checked_by_the_plan():
+    from pydantic import ValidationError
+
+    from airflow_fsmigration.plan.model import LegacyOffline, LegacyOnline
+
+    lo = LegacyOnline.model_validate({"layout": "feast", "project": "p", "view": "v"})
+    assert lo.key_template == "feast:p:v:{entity}"  # descriptive only; the Feast reader builds keys
+    with pytest.raises(ValidationError, match="needs the Feast project"):
+        LegacyOnline.model_validate({"layout": "feast"})
+    with pytest.raises(ValidationError, match="implement v3"):
+        LegacyOnline.model_validate(
+            {"layout": "feast", "project": "p", "entity_key_serialization_version": 2}
+        )
+    with pytest.raises(ValidationError, match="only for a Feast store"):
+        LegacyOnline.model_validate({"key_template": "k:{entity}", "project": "p"})
+    with pytest.raises(ValidationError, match="needs its query"):
+        LegacyOffline.model_validate({"layout": "feast", "table": "feast_query:src"})
+
+
+def test_a_side_file_still_works_with_a_deprecation_notice(demo_plan, tmp_path, caplog):
+    import json
+    import shutil
+
+    from airflow_fsmigration.plan import load_plan
+
+    plan_dir = tmp_path / "plan"
+    shutil.copytree(demo_plan.source_dir, plan_dir)
+    (plan_dir / "old.feast.json").write_text(json.dumps(REPO_DUMP))
+    repo = fi.find_feast_repo(load_plan(plan_dir))
+    assert repo is not None and repo.project == "Rides-Prod"
+    assert "deprecated" in caplog.text and "layout: feast" in caplog.text
 
 
 def test_versioned_online_views_and_old_key_encodings_are_refused_clearly():

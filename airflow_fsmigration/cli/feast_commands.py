@@ -53,7 +53,7 @@ def cmd_import_feast(args: argparse.Namespace) -> int:
     draft = draft_plan(repo, args.out)
     print(
         f"drafted {draft.plan_path}: {len(draft.sql_paths)} groups from Feast project '{repo.project}' "
-        f"({len(repo.services)} feature services as models); Feast definitions in {draft.registry_path.name}"
+        f"({len(repo.services)} feature services as models); the plan holds Feast's layout (layout: feast)"
     )
     print(
         f"fill in these {len(draft.todos)} items (marked TODO(fsmigrate)), then run `fsmigrate validate {args.out}`:"
@@ -62,4 +62,6 @@ def cmd_import_feast(args: argparse.Namespace) -> int:
         print(f"  - {todo}")
     for skipped in draft.skipped:
         print(f"  not drafted: {skipped}")
+    for item in draft.incomplete_models:
+        print(f"WARNING: {item}", file=sys.stderr)
     return 0

@@ -261,6 +261,6 @@ def offline_source_for(plan: MigrationPlan, url: str, conn_id: str | None = None
 
     conn_id = conn_id or plan.connections.legacy_offline
     repo = find_feast_repo(plan)
-    if repo is None:
+    if repo is None or not any(v.source for v in repo.views.values()):
         return PostgresOfflineSource(url, plan, conn_id)
     return FeastPostgresOfflineSource(url, repo, plan, conn_id)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_fsmigration.connections import StoreUnavailable
 from airflow_fsmigration.semantics import glob_escape as _glob_escape
 from airflow_fsmigration.stores.feast_codec import (
     NULL_TIMESTAMP_INT,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NULL_TIMESTAMP_INT",
     "FeastLayout",
+    "FeastLayoutMismatch",
     "FeastOnlineRead",
     "FeastRedisOnlineSource",
     "StaleReport",
@@ -67,6 +69,22 @@ __all__ = [
 ]
 
 log = logging.getLogger("airflow_fsmigration.stores.feast")
+
+# Keys a layout check looks at before it calls a read of no rows inconclusive without a full scan.
+PROBE_BUDGET = 200_000
+
+
+class FeastLayoutMismatch(StoreUnavailable):
+    """A read found none of the keys it expected, and the store holds no key of the view's layout.
+
+    Not an empty result: the plan's Feast project, view, join key or serialization version does
+    not describe this Redis (or it is not the Feast online store). Callers treat it as a store
+    that could not be read: inconclusive (exit 3), never a pass.
+    """
+
+    def __init__(self, conn_id: str, message: str) -> None:
+        ConnectionError.__init__(self, message)
+        self.conn_id = conn_id
 
 
 class FeastLayout:
@@ -240,6 +258,7 @@ class FeastRedisOnlineSource(RedisOnlineSource):
         self.clock = clock or (lambda: datetime.now(UTC))
         self.small_read = small_read
         self.last_read: FeastOnlineRead | None = None
+        self._layout_seen: set[str] = set()  # groups whose view's keys this store was seen to hold
 
     def __repr__(self) -> str:
         return f"FeastRedisOnlineSource(conn_id={self.conn_id!r}, project={self.repo.project!r})"
@@ -253,6 +272,10 @@ class FeastRedisOnlineSource(RedisOnlineSource):
             frame = self._read_small(g, entity_ids)
         else:
             frame = super().read(g, entity_ids)
+        if frame.num_rows:
+            self._layout_seen.add(g.name)
+        elif len(entity_ids) and g.name not in self._layout_seen:
+            self._check_layout(g, len(entity_ids))
         ttl = self.feast.view(g).ttl_seconds
         stale = stale_rows(frame, ttl, now or self.clock())
         if stale.num_rows:
@@ -265,6 +288,54 @@ class FeastRedisOnlineSource(RedisOnlineSource):
             )
         self.last_read = FeastOnlineRead(frame, stale, ttl)
         return self.last_read
+
+    def _check_layout(self, g: FeatureGroup, asked: int) -> None:
+        """After a read of no rows: does this Redis hold any key of the view's layout at all?
+
+        A few absent entities are an answer; a store with no key of the project and join key is
+        a plan that does not describe it, which must not pass as "0 of N rows". Looked at once
+        per group (and never after a read that found rows), within :data:`PROBE_BUDGET` keys.
+        """
+        from airflow_fsmigration.stores.feast_codec import entity_key_prefix
+
+        view = self.feast.view(g)
+        head = entity_key_prefix(view.join_keys[0].name)
+        pattern = _glob_escape(head.decode("latin-1")) + "*"
+        tail = self.repo.project.encode()
+        ts_field = self.feast.ts_field(g)
+        projects: set[str] = set()
+        cursor, looked, without_view = 0, 0, 0
+        while True:
+            cursor, keys = self._redis_call(self.client.scan, cursor=cursor, match=pattern, count=10_000)
+            ours = [k for k in keys if k.endswith(tail) and parse_redis_key(view, self.repo.project, k)]
+            projects.update(_key_project(k, len(head)) for k in keys)
+            if ours:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for k in ours[:1000]:
+                        pipe.hexists(k, ts_field)
+                    if any(self._redis_call(pipe.execute)):
+                        self._layout_seen.add(g.name)
+                        return
+                without_view += len(ours)
+            looked += 10_000
+            if not cursor or looked >= PROBE_BUDGET:
+                break
+        where = "" if not cursor else f" (looked at {looked:,} keys, not all)"
+        others = sorted(p for p in projects if p and p != self.repo.project)
+        hint = (
+            f"{without_view:,} keys of the project hold no field {ts_field.decode()!r}: is the view name right?"
+            if without_view
+            else f"keys of join key '{view.join_keys[0].name}' exist for project(s) {', '.join(map(repr, others[:5]))}"
+            if others
+            else f"it holds no Feast key of join key '{view.join_keys[0].name}' at all"
+        )
+        raise FeastLayoutMismatch(
+            self.conn_id,
+            f"group '{g.name}': none of the {asked} entities read from connection '{self.conn_id}' has a key "
+            f"of Feast project '{self.repo.project}', view '{view.name}' (entity key serialization "
+            f"v3){where}, and {hint}: check legacy_online.project / view / join_key in the plan, "
+            f"and that AIRFLOW_CONN_{self.conn_id.upper()} is Feast's online store",
+        )
 
     def _read_small(self, g: FeatureGroup, entity_ids: Sequence[str] | pa.Array) -> pa.Table:
         """A few keys over the client's pooled connection: no new socket or writer thread per call.
@@ -388,6 +459,16 @@ class FeastRedisOnlineSource(RedisOnlineSource):
             stale_entity_ids=sorted(stale.column(ENTITY).to_pylist())[:sample],
             oldest=oldest,
         )
+
+
+def _key_project(key: bytes, head_len: int) -> str:
+    """The project suffix of a v3 single-key Feast key (for the layout check's hint), or ''."""
+    import struct
+
+    if len(key) < head_len + 8:
+        return ""
+    _, vlen = struct.unpack_from("<II", key, head_len)
+    return key[head_len + 8 + vlen :].decode("utf-8", "replace")
 
 
 def online_source_for(plan: MigrationPlan, url: str, conn_id: str | None = None) -> RedisOnlineSource:
