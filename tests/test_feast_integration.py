@@ -80,7 +80,7 @@ historical = {}
 for view, spec in PAYLOAD["historical"].items():
     df = pd.DataFrame({
         spec["key"]: [int(e) if spec["int"] else e for e in spec["ids"]],
-        "event_timestamp": pd.to_datetime(spec["times"], utc=True),
+        "event_timestamp": pd.to_datetime(spec["times"], utc=True, format="ISO8601"),
         "row_id": list(range(len(spec["ids"]))),
     })
     refs = [f"{view}:{f}" for f in spec["features"]]
@@ -119,6 +119,19 @@ def _spine(now: datetime) -> dict[str, dict]:
     driver_ids, driver_times = [], []
     for d in [*range(1, 61), 77, 91, 143, 900001]:
         for at in (now, now - timedelta(hours=4), now - timedelta(days=1), now - timedelta(days=2, hours=23)):
+            driver_ids.append(str(d))
+            driver_times.append(at)
+    # Exact edges: at a row's own event time (ts <= t keeps it; every 13th driver has a tie there,
+    # which the later `created` wins), one microsecond before it, and exactly one TTL after it
+    # (ts >= t - ttl keeps it) or a microsecond more.
+    for d in [*range(1, 27), 39, 52]:
+        newest = now - timedelta(minutes=10 + d % 50)
+        for at in (
+            newest,
+            newest - timedelta(microseconds=1),
+            newest + timedelta(days=1),
+            newest + timedelta(days=1, microseconds=1),
+        ):
             driver_ids.append(str(d))
             driver_times.append(at)
     customer_ids, customer_times = [], []
@@ -333,7 +346,10 @@ def test_offline_as_of_reads_match_get_historical_features(feast_world, view):
     features = feast_world["payload"]["historical"][view]["features"]
     assert truth["row_id"] == list(range(len(spine["ids"])))  # one Feast row per spine row
     with FeastPostgresOfflineSource(feast_world["pg_url"], repo, conn_id="feast_offline") as source:
+        source.spine_chunk = 97  # several set-based chunks, each its own temporary-table load
         ours = source.read_spine(_group(repo, view), spine["ids"], spine["times"])
+        # The former per-row reader: the same rows, value for value.
+        assert source.read_spine_per_row(_group(repo, view), spine["ids"], spine["times"]).equals(ours)
     rows = {r["_row"]: r for r in ours.to_pylist()}
     matched = 0
     for i in range(len(spine["ids"])):
@@ -495,3 +511,28 @@ def test_a_read_that_finds_none_of_the_keys_is_inconclusive_not_empty(feast_worl
     path.write_text(text.replace('view: "customer_profile"', 'view: "customer_profiles"'))
     with pytest.raises(StoreUnavailable, match="is the view name right"):
         online_source_for(load_plan(path), feast_world["redis_url"]).read("customer_profile", ["c0001"])
+
+
+def test_point_in_time_reader_names_the_index_it_wants(feast_world, caplog):
+    import psycopg
+
+    from airflow_fsmigration.stores.feast_offline import FeastPostgresOfflineSource
+
+    repo = feast_world["repo"]
+    group = _group(repo, "driver_hourly_stats")
+    want = 'CREATE INDEX ON "public"."driver_stats" ("driver_id", "event_timestamp")'
+    with FeastPostgresOfflineSource(feast_world["pg_url"], repo) as source:
+        assert source.index_advice(group) == want
+        assert want in caplog.text
+        assert source.index_advice(_group(repo, "customer_profile")) is None  # a query source: no advice
+    with psycopg.connect(feast_world["pg_url"], autocommit=True) as conn:
+        conn.execute(want.replace("CREATE INDEX ON", "CREATE INDEX fsmig_test_pit ON"))
+    try:
+        with FeastPostgresOfflineSource(feast_world["pg_url"], repo) as source:
+            assert source.index_advice(group) is None
+            spine = feast_world["spine"]["driver_hourly_stats"]
+            with_index = source.read_spine(group, spine["ids"], spine["times"])
+            assert with_index.equals(source.read_spine_per_row(group, spine["ids"], spine["times"]))
+    finally:
+        with psycopg.connect(feast_world["pg_url"], autocommit=True) as conn:
+            conn.execute("DROP INDEX public.fsmig_test_pit")
