@@ -51,7 +51,7 @@ demo: $(STAMP)
 
 # Airflow with the project's DAGs, the cockpit and connections to the embedded demo stores.
 airflow: $(STAMP)
-	$(BIN)/python -m fsmig_dev.demo.airflow_local
+	$(BIN)/python -m fsmig_dev.demo.airflow_local $(if $(SCALE),--scale $(SCALE))
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -113,8 +113,42 @@ def _api(base: str, path: str, token: str | None = None, body: dict[str, Any] | 
         },
         method="GET" if body is None else "POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
+
+
+def _trigger(base: str, token: str, dag: str) -> str:
+    """Unpause ``dag`` and start a run of it now; its run id."""
+    req = urllib.request.Request(
+        f"{base}/api/v2/dags/{dag}",
+        data=json.dumps({"is_paused": False}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="PATCH",
+    )
+    urllib.request.urlopen(req, timeout=60).close()
+    return _api(base, f"/api/v2/dags/{dag}/dagRuns", token, body={"logical_date": None})["dag_run_id"]
+
+
+def _wait_runs(
+    base: str, token: str, runs: dict[str, str], proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Wait until every migrate run of ``runs`` (group -> run id) ended; run and task states."""
+    done: dict[str, dict[str, Any]] = {}
+
+    def ended() -> bool:
+        for group, run_id in runs.items():
+            dag = f"fsmig__{group}__migrate"
+            run = _api(base, f"/api/v2/dags/{dag}/dagRuns/{run_id}", token)
+            if run["state"] in ("success", "failed"):
+                tis = _api(base, f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances", token)
+                done[group] = {
+                    "run": run["state"],
+                    "tasks": {t["task_id"]: t["state"] for t in tis["task_instances"]},
+                }
+        return len(done) == len(runs)
+
+    _wait_for(ended, proc, log, timeout)
+    return done
 
 
 def _wait_for(predicate: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -201,7 +235,9 @@ def take_screenshots(base: str, password: str, out_dir: Path) -> list[Path]:
 
 @pytest.mark.airflow
 @pytest.mark.integration
-def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
+def test_make_airflow_seconds_scale_migrates_a_group_rolls_back_the_breach_and_stops_everything_on_ctrl_c() -> (
+    None
+):
     import psutil
 
     from airflow_fsmigration.dag_factory import dag_ids
@@ -240,6 +276,8 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
         str(port),
         "--parallelism",
         "2",
+        "--scale",
+        "seconds",
     ]  # no sizes: it must reuse whatever data is there, as after `make demo`
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -262,6 +300,26 @@ def test_make_airflow_serves_the_dags_and_stops_everything_on_ctrl_c() -> None:
 
         _wait_for(lambda: listed() == expected, proc, log, timeout=30)
         assert _api(base, "/api/v2/importErrors", token)["total_entries"] == 0
+
+        # The seconds scale: a healthy group goes all the way, the injected breach rolls back.
+        assert "time scale:      seconds" in text and "trigger fsmig__user_txn_stats__migrate" in text
+        runs = {
+            g: _trigger(base, token, f"fsmig__{g}__migrate") for g in ("user_txn_stats", "merchant_stats")
+        }
+        states = _wait_runs(base, token, runs, proc, log, timeout=360)
+        healthy = states["user_txn_stats"]
+        assert healthy["run"] == "success", healthy
+        assert (
+            healthy["tasks"]["ready_to_decommission"] == "success"
+            and healthy["tasks"]["rollback"] == "skipped"
+        )
+        breached = states["merchant_stats"]
+        assert breached["run"] == "failed", breached
+        assert breached["tasks"]["bake_50"] == "failed" and breached["tasks"]["rollback"] == "success", (
+            breached
+        )
+        assert breached["tasks"]["ramp_100"] == "upstream_failed", breached
+        assert "merchant_stats is rolled back: its models' AUC recovers" in log.read_text()
         if shots := os.environ.get("FSMIG_SCREENSHOTS_DIR"):
             take_screenshots(base, password, Path(shots))
 

@@ -86,6 +86,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--parallelism", type=int, default=4, help="LocalExecutor task slots (default 4; 2-core friendly)"
     )
+    p.add_argument(
+        "--scale",
+        choices=("production", "seconds"),
+        default=os.environ.get("FSMIG_AIRFLOW_SCALE") or "production",
+        help="time scale of the plan: production (the plan as written: 14-day soak, 48 h bakes) or "
+        "seconds (make demo's scale, with a serving feed, to watch a whole migration in minutes); "
+        "default $FSMIG_AIRFLOW_SCALE or production",
+    )
+    p.add_argument(
+        "--inject-breach",
+        default="merchant_stats",
+        help="at the seconds scale, the group whose models lose AUC at 50%% ('none': no breach)",
+    )
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for Airflow to be up")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -449,7 +462,15 @@ def _signals_stop() -> Iterator[None]:
             signal.signal(sig, action)
 
 
-def _banner(base_url: str, password: str, passwords_file: Path, servers: DemoServers, home: Path) -> str:
+def _banner(
+    base_url: str,
+    password: str,
+    passwords_file: Path,
+    servers: DemoServers,
+    home: Path,
+    plan_dir: Path,
+    extra: list[str] | None = None,
+) -> str:
     env = servers.env
     lines = [
         "",
@@ -458,14 +479,15 @@ def _banner(base_url: str, password: str, passwords_file: Path, servers: DemoSer
         f"  cockpit:         {base_url}/fsmig/cockpit",
         f"  login:           user '{ADMIN}', password '{password}'",
         f"                   (kept in {passwords_file})",
-        f"  plan:            {env.plan_dir}",
+        f"  plan:            {plan_dir}",
         f"  logs:            {home / 'logs'}",
     ]
     if env.bug is not None:
         lines.append(
             f"  planted bug:     in group '{env.bug.group}': trigger its migrate DAG and watch its "
-            "checks catch it (schema parity, shadow comparison)"
+            "shadow comparison fail with the root cause and its fix (task log, Report link, cockpit)"
         )
+    lines += extra or []
     lines += ["  stop:            Ctrl-C (stops Airflow and the embedded servers)", ""]
     return "\n".join(lines)
 
@@ -481,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     home.mkdir(parents=True, exist_ok=True)
     servers: DemoServers | None = None
     procs: AirflowProcesses | None = None
+    feed: Any = None
     with _signals_stop():
         try:
             if not port_free(args.host, args.port):
@@ -490,10 +513,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
             servers = start_demo_servers(args)
             servers.pg.create_database(METADATA_DB)
+            plan_dir, extra = servers.env.plan_dir, []
+            if args.scale == "seconds":
+                from fsmig_dev.demo.airflow_feed import banner_lines, prepare_seconds_scale
+
+                inject = None if args.inject_breach.lower() == "none" else (args.inject_breach, 50.0)
+                seconds = prepare_seconds_scale(servers.env, home, inject=inject)
+                plan_dir, feed = seconds.plan_dir, seconds.feed
+                bug = servers.env.bug
+                extra = banner_lines(seconds, bug.group if bug is not None else None)
             env = airflow_env(
                 home=home,
                 dags_folder=args.dags_folder.resolve(),
-                plan_dir=servers.env.plan_dir,
+                plan_dir=plan_dir,
                 conn_env=servers.env.conn_env,
                 sql_alchemy_conn=metadata_url(servers.pg.url),
                 host=args.host,
@@ -506,8 +538,10 @@ def main(argv: list[str] | None = None) -> int:
             procs.start()
             wait_ready(base_url, procs, args.ready_timeout)
             log.info("Airflow ready %.0f s after start", time.perf_counter() - started)
+            if feed is not None:
+                feed.__enter__()
             password, passwords_file = admin_password(home)
-            print(_banner(base_url, password, passwords_file, servers, home), flush=True)
+            print(_banner(base_url, password, passwords_file, servers, home, plan_dir, extra), flush=True)
             while not (dead := procs.exited()):
                 time.sleep(1.0)
             name, code = next(iter(dead.items()))
@@ -523,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
             # A second Ctrl-C must not cut the shutdown short (it is bounded: SIGKILL after 30 s).
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
+            if feed is not None:
+                feed.__exit__(None, None, None)
             if procs is not None:
                 procs.stop()
             if servers is not None:
