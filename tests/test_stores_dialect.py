@@ -72,8 +72,8 @@ def test_redeploy_after_the_column_list_changed(pg_url, tmp_path):
     path = plan_dir / "sql" / "merchant_stats.sql"
     path.write_text(
         path.read_text().replace(
-            "x.merchant_avg_ticket_7d,",
-            "x.merchant_avg_ticket_7d::double precision AS merchant_avg_ticket_7d,",
+            "x7.merchant_avg_ticket_7d,",
+            "x7.merchant_avg_ticket_7d::double precision AS merchant_avg_ticket_7d,",
         )
     )
     store = NewStore(pg_url, load_plan(plan_dir), "fsmig_new_store")
