@@ -50,7 +50,7 @@ def _cadence(text: str) -> timedelta:
 
 def _sql_name(kind: str) -> Any:
     """An argparse type for a table or column name, by the plan's own rule (no injection shapes)."""
-    from airflow_fsmigration.plan.model import column_name, relation_name
+    from airflow_fsmigration.plan.names import column_name, relation_name
 
     check = relation_name if kind == "table" else column_name
 
@@ -158,9 +158,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--strategy",
-        choices=["auto", "lateral", "per_timestamp"],
+        choices=["auto", "lateral", "per_timestamp", "set"],
         default="auto",
-        help="spine evaluation: one per label, one per distinct time, or chosen per chunk (default)",
+        help="spine evaluation: one per label, one per distinct time, one range join of the labels "
+        "(set), or chosen per chunk with the reason logged (default); see docs/performance.md",
+    )
+    p.add_argument(
+        "--workers",
+        type=bounded_int(1, 64),
+        default=None,
+        help="chunks run on this many store connections at once (default: 2 for a spine, 1 for a grid, "
+        "or $FSMIG_BACKFILL_WORKERS)",
     )
     p.set_defaults(func=cmd_backfill)
 
@@ -239,6 +247,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             snapshots_per_chunk=args.snapshots_per_chunk,
             labels_per_chunk=args.labels_per_chunk,
             strategy=args.strategy,
+            workers=args.workers,
         )
         print(
             f"backfill of '{group}' done: run {result.run_id}, {result.rows} rows in {result.chunks} chunks "
