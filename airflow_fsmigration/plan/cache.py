@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airflow_fsmigration.plan")
 
-CACHE_FORMAT = 2  # 2: the stricter plan model of issue 13 (old caches are revalidated once)
+CACHE_FORMAT = 3  # 3: routing_mirror, ramp approvals and the Feast layout in the plan model (revalidated once)
 _MEMO: dict[str, tuple[tuple[Any, ...], MigrationPlan]] = {}
 
 

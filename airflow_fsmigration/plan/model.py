@@ -130,6 +130,14 @@ class Dialect(StrEnum):
     RISINGWAVE = "risingwave"
 
 
+class RampApproval(StrEnum):
+    """Which groups wait for a person before each ramp step (Airflow's human-in-the-loop)."""
+
+    OFF = "off"
+    CRITICAL = "critical"  # groups whose criticality is ``critical``
+    ALL = "all"
+
+
 class RollbackTriggers(_Strict):
     """Breach conditions written down before the ramp; any one breach rolls the group back."""
 
@@ -158,6 +166,10 @@ class Settings(_Strict):
         1000.0, ge=0, le=_QPS_MAX, description="peak QPS from which a group is load-tested"
     )
     keep_warm: KeepWarm = timedelta(days=30)
+    ramp_approval: RampApproval = RampApproval.OFF
+    approval_timeout: Soak = Field(
+        timedelta(hours=24), description="nobody answered a ramp approval in time: the group freezes"
+    )
 
     @field_validator("ramp_steps", mode="before")
     @classmethod
@@ -191,6 +203,8 @@ class SettingsOverride(_Strict):
     load_test_duration: LoadDuration | None = None
     high_traffic_qps: float | None = Field(None, ge=0, le=_QPS_MAX)
     keep_warm: KeepWarm | None = None
+    ramp_approval: RampApproval | None = None
+    approval_timeout: Soak | None = None
 
     @field_validator("ramp_steps", mode="before")
     @classmethod
@@ -400,6 +414,14 @@ class MigrationPlan(_Strict):
         if not changes:
             return self.defaults
         return Settings.model_validate({**self.defaults.model_dump(), **changes}, strict=False)
+
+    def approves_ramps(self, group: str | FeatureGroup) -> bool:
+        """Whether each ramp step of ``group`` waits for a person (``ramp_approval``)."""
+        g = self.groups[group] if isinstance(group, str) else group
+        policy = self.settings_for(g).ramp_approval
+        return policy == RampApproval.ALL or (
+            policy == RampApproval.CRITICAL and g.criticality == Criticality.CRITICAL
+        )
 
     def definition_path(self, group: str | FeatureGroup) -> Path:
         g = self.groups[group] if isinstance(group, str) else group
