@@ -17,10 +17,12 @@ def _with_sql(plan, tmp_path, text: str):
 @pytest.mark.unit
 def test_pushdown_into_grouped_selects_and_inlined_upstreams(demo_plan):
     text = replay.entity_filtered_sql(demo_plan, "user_txn_stats", "L.ts", "L.e")
-    assert text.count("t.user_id = L.e") == 1 and "<= L.ts" in text
+    # every SELECT reading the raw table is filtered (one, or one per window in the RisingWave form)
+    reads = text.upper().count("FROM RAW.TRANSACTIONS AS T")
+    assert reads >= 1 and text.count("t.user_id = L.e") == reads and "<= L.ts" in text
     derived = replay.entity_filtered_sql(demo_plan, "user_risk_profile", "L.ts", "L.e")
-    # upstream user_profile (outer select and its logins CTE), user_txn_stats, and the outer select
-    assert derived.count("= L.e") == 4
+    # at least upstream user_profile (outer select and its logins CTE), user_txn_stats, and the outer select
+    assert derived.count("= L.e") >= 4
 
 
 @pytest.mark.unit

@@ -25,6 +25,7 @@ from airflow_fsmigration.backfill.replay import (
     spine_select_sql,
 )
 from airflow_fsmigration.backfill.retention import iso_utc
+from airflow_fsmigration.backfill.strategy import session_settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -136,7 +137,7 @@ def new_values_as_of(
     spine = SpineSpec(_SPINE, "entity", "ts")
     with store_conn.transaction():
         store_conn.execute("SET LOCAL TimeZone = 'UTC'")
-        store_conn.execute("SET LOCAL enable_memoize = off")  # see replay.run_chunk
+        session_settings(store_conn, "lateral")  # the planner settings of a spine backfill's chunk
         store_conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(_SPINE)))
         store_conn.execute(
             sql.SQL(

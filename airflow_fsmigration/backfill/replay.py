@@ -10,11 +10,13 @@ bound to each historical time (:mod:`.sql`). Two shapes:
   exactly what the definition returns for its entity at its timestamp (a LEFT JOIN, so a label
   whose entity the definition does not return keeps its row with null features), never a later
   value: the definition's own ``<= :as_of`` bounds are evaluated at the label's time. Chunks are
-  ranges of label time. Per chunk the statement is either one evaluation per label (``lateral``:
-  the entity filter is pushed into the definition where that is exact, :mod:`.pushdown`, so an
-  index on the raw table's entity and time serves each label) or one evaluation per distinct
-  timestamp joined back to its labels (``per_timestamp``: cheaper when many labels share a time);
-  ``auto`` picks by labels per distinct timestamp.
+  ranges of label time. Per chunk the statement is one range join of the labels with the events
+  grouped once per label (``set``, :mod:`.setbased`, for one grouped SELECT over one table), one
+  evaluation per label (``lateral``: the entity filter is pushed into the definition where that
+  is exact, :mod:`.pushdown`, so an index on the raw table's entity and time serves each label)
+  or one evaluation per distinct timestamp joined back to its labels (``per_timestamp``: cheaper
+  when many labels share a time); ``auto`` picks per chunk and logs why (:mod:`.strategy`).
+  Spine chunks run on two store connections at once by default (:mod:`.parallel`).
 
 Writes are idempotent: a chunk deletes its run's rows in its range and inserts them again in one
 transaction, under the chunk's advisory lock, returning its row count and an order-independent
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -55,7 +57,7 @@ from airflow_fsmigration.backfill.checkpoints import (
     release_run,
     shares_database,
 )
-from airflow_fsmigration.backfill.pushdown import filter_reaches_tables
+from airflow_fsmigration.backfill.parallel import clone_connection, default_workers, run_parallel
 from airflow_fsmigration.backfill.retention import (
     RetentionGapError,
     RetentionReport,
@@ -83,6 +85,10 @@ from airflow_fsmigration.backfill.sql import (
     spine_chunks,
     spine_insert_sql,
     spine_select_sql,
+)
+from airflow_fsmigration.backfill.strategy import choose as choose_strategy
+from airflow_fsmigration.backfill.strategy import (
+    session_settings,
 )
 
 if TYPE_CHECKING:
@@ -125,9 +131,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("airflow_fsmigration.backfill")
-
-# a label is evaluated once per label (lateral) unless this many labels share a timestamp on average
-PER_TIMESTAMP_MIN_LABELS = 50
 
 
 @dataclass(frozen=True)
@@ -235,48 +238,16 @@ def _write_chunk(
         ).fetchone()
     else:
         spine = SpineSpec(run.params["spine"], run.params["entity_column"], run.params["time_column"])
-        chosen = strategy or run.params.get("strategy", "auto")
-        if chosen == "auto":
-            chosen = _pick_strategy(conn, spine, chunk)
-            if chosen == "lateral" and not filter_reaches_tables(plan, run.group):
-                # nothing the label's entity can filter: each label would compute every entity
-                log.info(
-                    "backfill %s: entity filter cannot be pushed down; one evaluation per time", run.group
-                )
-                chosen = "per_timestamp"
-        if chosen == "lateral":
-            # Memoize caches per (entity, time) key, which almost never repeats in a spine:
-            # measured 4-5x slower per label than a plain rescan of the entity's index range
-            conn.execute("SET LOCAL enable_memoize = off")
+        chosen, reason = choose_strategy(
+            conn, plan, run.group, spine, chunk, strategy or run.params.get("strategy", "auto")
+        )
+        log.info("backfill %s: chunk %d evaluated %s: %s", run.group, chunk.chunk_no, chosen, reason)
+        session_settings(conn, chosen)
         row = conn.execute(
             spine_insert_sql(plan, run.group, spine, table, chosen, binary),
             {"run_id": run.run_id, "lo": chunk.lo, "hi": chunk.hi},
         ).fetchone()
     return int(row[0]), int(row[1])
-
-
-def _pick_strategy(conn: Any, spine: SpineSpec, chunk: Chunk) -> str:
-    """One evaluation per distinct time when a time's labels cover a large share of the entities.
-
-    A whole-group evaluation costs about what one per-label evaluation costs for every entity, so
-    it pays off only when the labels sharing a time outnumber the entities (measured at 1M events
-    with the covering (entity, time) index: 10k labels per daily time over 10k users took 75 us a
-    label per label and 120 us an entity per time, so the break-even is ~1.6 labels per entity).
-    The spine's distinct entities stand in for the group's.
-    """
-    from psycopg import sql
-
-    ts, ent = sql.Identifier(spine.time_column), sql.Identifier(spine.entity_column)
-    labels, times, entities = conn.execute(
-        sql.SQL(
-            "SELECT count(*), count(DISTINCT {ts}), count(DISTINCT {ent}) FROM {t} WHERE {ts} >= %s AND {ts} < %s"
-        ).format(ts=ts, ent=ent, t=_ident(spine.table)),
-        (chunk.lo, chunk.hi),
-    ).fetchone()
-    if not times:
-        return "lateral"
-    per_time = labels / times
-    return "per_timestamp" if per_time >= max(PER_TIMESTAMP_MIN_LABELS, 2 * entities) else "lateral"
 
 
 def execute_run(
@@ -287,14 +258,17 @@ def execute_run(
     *,
     progress: Callable[[dict[str, Any]], None] | None = None,
     retention: RetentionReport | None = None,
+    workers: int | None = None,
 ) -> BackfillResult:
-    """Run every unfinished chunk of ``run`` in order, checkpointing each; log progress and ETA.
+    """Run every unfinished chunk of ``run``, checkpointing each; log progress and ETA.
 
-    Refuses with :class:`RunActiveError` while another live process executes the same run.
+    ``workers`` > 1 runs chunks on that many cloned store connections at once (:mod:`.parallel`;
+    default :func:`~.parallel.default_workers`: two for a spine). Refuses with
+    :class:`RunActiveError` while another live process executes the same run.
     """
     claim_run(registry_conn, run.run_id)
     try:
-        return _execute_claimed(plan, run, store_conn, registry_conn, progress, retention)
+        return _execute_claimed(plan, run, store_conn, registry_conn, progress, retention, workers)
     finally:
         release_run(registry_conn, run.run_id)
 
@@ -302,6 +276,7 @@ def execute_run(
 def _execute_claimed(
     plan: MigrationPlan, run: BackfillRun, store_conn: Any, registry_conn: Any,
     progress: Callable[[dict[str, Any]], None] | None, retention: RetentionReport | None,
+    workers: int | None = None,
 ) -> BackfillResult:  # fmt: skip
     started = time.monotonic()
     done_before = [c for c in run.chunks if c.status == "done"]
@@ -320,10 +295,27 @@ def _execute_claimed(
     shared = shares_database(store_conn, registry_conn)
     new_rows = computed = skipped = 0
     pending = run.pending
-    for i, chunk in enumerate(pending, start=1):
-        try:
-            out = execute_chunk(plan, run, chunk, store_conn, registry_conn, shared=shared)
-        except Exception as exc:
+    n_workers = (
+        default_workers(run.mode, len(pending)) if workers is None else max(1, min(workers, len(pending)))
+    )
+    if n_workers > 1 and not hasattr(store_conn, "info"):
+        n_workers = 1  # not a psycopg connection: it cannot be cloned
+    if n_workers > 1:
+        log.info("backfill %s: %d chunks on %d store connections at once", run.group, len(pending), n_workers)
+
+        def open_conns() -> tuple[Any, Any]:
+            store = clone_connection(store_conn)
+            return store, (store if shared else clone_connection(registry_conn))
+
+        def work(chunk: Chunk, store: Any, registry: Any) -> ChunkOutcome:
+            return execute_chunk(plan, run, chunk, store, registry, shared=shared)
+
+        outcomes: Any = run_parallel(pending, n_workers, open_conns, work)
+    else:
+        outcomes = _sequential(plan, run, pending, store_conn, registry_conn, shared)
+    for i, (chunk, out, error) in enumerate(outcomes, start=1):
+        if error is not None:
+            exc = error
             mark_failed(registry_conn, run.run_id, f"chunk {chunk.chunk_no}: {type(exc).__name__}: {exc}")
             raise BackfillError(
                 f"group '{run.group}': backfill run '{run.run_id}' failed in chunk {chunk.chunk_no} "
@@ -393,6 +385,24 @@ def _execute_claimed(
     )
 
 
+def _sequential(
+    plan: MigrationPlan,
+    run: BackfillRun,
+    pending: list[Chunk],
+    store_conn: Any,
+    registry_conn: Any,
+    shared: bool,
+) -> Iterator[tuple[Chunk, ChunkOutcome | None, BaseException | None]]:
+    """The chunks one after another on the caller's connections; stops at the first error."""
+    for chunk in pending:
+        try:
+            out = execute_chunk(plan, run, chunk, store_conn, registry_conn, shared=shared)
+        except Exception as exc:
+            yield chunk, None, exc
+            return
+        yield chunk, out, None
+
+
 def table_checksum(conn: Any, plan: MigrationPlan, run: BackfillRun) -> tuple[int, int]:
     """(rows, checksum) of a run's rows as they are in the output table, computed like the chunks'."""
     from psycopg import sql
@@ -429,10 +439,13 @@ def run_backfill(
     strategy: Strategy = "auto",
     check_retention: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    workers: int | None = None,
 ) -> BackfillResult:
     """Audit retention, plan (or resume) the run, and execute its unfinished chunks.
 
-    ``store_conn`` is the new store (where the definition and the raw tables it reads are),
+    ``workers``: chunks run on that many store connections at once (default: two for a spine,
+    one for a grid; see :mod:`.parallel`). ``store_conn`` is the new store (where the definition
+    and the raw tables it reads are),
     ``registry_conn`` holds the checkpoints, ``event_conn`` is audited for retention (defaults to
     ``store_conn``). Raises :class:`RetentionGapError` before writing anything when the raw events
     do not cover the window.
@@ -474,4 +487,6 @@ def run_backfill(
         labels_per_chunk=labels_per_chunk,
         strategy=strategy,
     )
-    return execute_run(plan, run, store_conn, registry_conn, progress=progress, retention=report)
+    return execute_run(
+        plan, run, store_conn, registry_conn, progress=progress, retention=report, workers=workers
+    )

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 Mode = Literal["grid", "spine"]
-Strategy = Literal["auto", "lateral", "per_timestamp"]
+Strategy = Literal["auto", "lateral", "per_timestamp", "set"]
 
 
 class BackfillError(RuntimeError):
@@ -196,7 +196,25 @@ def spine_select_sql(
             " ON fsmig_d.fsmig_ts = {ts} AND {dkey} = {ent}"
             " WHERE {where}"
         ).format(body=sql.SQL(body), dkey=sql.Identifier("fsmig_d", g.entity_key), **common)  # type: ignore[arg-type]
-    raise ValueError(f"unknown spine strategy {strategy!r}: use lateral or per_timestamp")
+    if strategy == "set":
+        from airflow_fsmigration.backfill.setbased import LABELS_MARK, lifted_sql
+
+        lifted = lifted_sql(plan, group, found=found)
+        if lifted is None:
+            raise ValueError(f"group '{group}': its definition cannot be evaluated as a set")
+        labels = sql.SQL(
+            "(SELECT DISTINCT {ent} AS fsmig_e, {ts} AS fsmig_ts FROM {spine} AS fsmig_s WHERE {where})"
+        ).format(**common)
+        # the label relation replaces each of its markers (a name the lifted SQL renders bare)
+        parts: list[psql.Composable] = []
+        for i, part in enumerate(lifted.split(LABELS_MARK)):
+            parts += [labels, sql.SQL(part)] if i else [sql.SQL(part)]  # type: ignore[arg-type]
+        return sql.SQL(
+            "SELECT {ts} AS label_ts, {ent} AS {key}, {dcols} FROM {spine} AS fsmig_s"
+            " LEFT JOIN ({body}\n) AS fsmig_d ON fsmig_d.fsmig_e = {ent} AND fsmig_d.fsmig_ts = {ts}"
+            " WHERE {where}"
+        ).format(body=sql.Composed(parts), **common)
+    raise ValueError(f"unknown spine strategy {strategy!r}: use lateral, per_timestamp or set")
 
 
 def spine_insert_sql(
