@@ -21,15 +21,82 @@ log = logging.getLogger("airflow_fsmigration.operators")
 class DeployDefinitionOperator(FsMigrationBaseOperator):
     """Create (idempotently) the group's live view in the new store from its SQL definition.
 
-    Refuses, naming the group, when an upstream group's view is not deployed yet.
+    Refuses, naming the group, when an upstream group's view is not deployed yet. On Postgres the
+    view is created inline, as before. On RisingWave the build runs in the background
+    (``SET BACKGROUND_DDL = true``) and the task defers to
+    :class:`~airflow_fsmigration.triggers.ddl_progress.DdlProgressTrigger`, which logs rows, rate
+    and ETA from ``rw_ddl_progress`` without holding a worker slot; with ``redefine`` a live view
+    is rebuilt beside itself and swapped in (``SWAP WITH``) once built, the previous definition
+    kept as ``<group>__fsmig_previous``.
+
+    :param redefine: rebuild an existing live view from the current definition (RisingWave).
+    :param poll_interval: seconds between progress polls while a build runs.
+    :param build_timeout: seconds a build may take before the task fails (None: no limit).
     """
 
     ui_color = "#d6eaf8"
 
-    def run(self, context: Context) -> Any:
-        from airflow_fsmigration.operators._runtime import deploy
+    def __init__(
+        self,
+        *,
+        redefine: bool = False,
+        poll_interval: float = 30.0,
+        build_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        init_base(self, kwargs)
+        self.redefine = redefine
+        self.poll_interval = poll_interval
+        self.build_timeout = build_timeout
 
-        return deploy(self.plan, self.group, self.hook)  # type: ignore[arg-type]
+    def run(self, context: Context) -> Any:
+        from airflow_fsmigration.operators._runtime import deploy, new_store
+        from airflow_fsmigration.stores.dialect import dialect_for
+
+        if not dialect_for(self.plan.new_store.dialect).background_builds:
+            return deploy(self.plan, self.group, self.hook)  # type: ignore[arg-type]
+        with new_store(self.plan, self.hook) as store:
+            target = store.start_deploy(self.group, redefine=self.redefine)
+            if target is None:
+                store.finish_deploy(self.group, None)
+                return self._result(store)
+        from datetime import timedelta
+
+        from airflow_fsmigration.triggers.ddl_progress import DdlProgressTrigger
+
+        log.info("group %s: building %s in the background; deferring", self.group, target)
+        self.defer(
+            trigger=DdlProgressTrigger(self.plan_path, self.group, target, self.poll_interval),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.build_timeout) if self.build_timeout else None,
+        )
+
+    def _result(self, store: Any) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "view": self.plan.view_name(self.group),
+            "columns": store.columns(self.group),
+        }
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Back from the trigger: swap a rebuilt view in, index the entity key, check the columns."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_fsmigration.operators._runtime import new_store
+
+        if not event or event.get("status") != "done":
+            reason = (event or {}).get("reason", "the progress trigger ended without an event")
+            raise AirflowFailException(f"group {self.group}: the new store's build did not finish: {reason}")
+        from airflow_fsmigration.operators.base import to_json
+
+        try:
+            with new_store(self.plan, self.hook) as store:
+                store.finish_deploy(self.group, event.get("target"))
+                result = self._result(store)
+        finally:
+            self._close()
+        log.info("group %s: %s", self.group, event.get("reason"))
+        return to_json({**result, "polls": event.get("polls")}, self.hook)
 
 
 def schema_parity(plan: MigrationPlan, group: str, hook: MigrationHook, *, run_id: str) -> dict[str, Any]:

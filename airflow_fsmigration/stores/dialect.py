@@ -13,11 +13,21 @@ and mostly the same SQL. They differ in:
   comparison with ``now()`` in ``WHERE`` is a temporal filter that expires rows as time passes;
 - **refresh before a read**: RisingWave ``FLUSH`` makes writes acknowledged so far visible in
   materialized views; a Postgres view needs nothing;
-- **transactional DDL**: Postgres can roll a failed deploy back, RisingWave cannot.
+- **transactional DDL**: Postgres can roll a failed deploy back, RisingWave cannot;
+- **builds that do not block** (RisingWave only): ``SET BACKGROUND_DDL = true`` makes ``CREATE
+  MATERIALIZED VIEW`` return at once while the backfill goes on (and resumes after a restart);
+  its progress is a row of ``rw_catalog.rw_ddl_progress`` (``ddl_id``, ``ddl_statement``,
+  ``progress`` such as ``69.02%``) until it is done
+  (https://docs.risingwave.com/sql/commands/sql-set-background-ddl, /docs/1.9/view-statement-progress);
+- **redefinition without downtime** (RisingWave only): the new definition is built beside the
+  live view (``<group>__fsmig_build``), then ``ALTER MATERIALIZED VIEW live SWAP WITH build``
+  exchanges the two names in one statement (https://docs.risingwave.com/sql/commands/sql-alter-swap),
+  and the old definition is kept as ``<group>__fsmig_previous`` for rollback.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,6 +86,98 @@ class StoreDialect:
             "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s "
             "UNION ALL SELECT 1 FROM pg_catalog.pg_matviews WHERE schemaname = %s AND matviewname = %s"
         )
+
+    # -- RisingWave: background builds, blue/green redefinition, point-lookup index ------------
+
+    @property
+    def background_builds(self) -> bool:
+        """Whether a deploy starts a build and returns (RisingWave) instead of finishing it inline."""
+        return self.materialized
+
+    def background_ddl(self) -> str | None:
+        """The session setting that makes the next ``CREATE MATERIALIZED VIEW`` return at once."""
+        return "SET BACKGROUND_DDL = true" if self.materialized else None
+
+    def create_build(self, view: pgsql.Composable, body: str) -> pgsql.Composable:
+        """A fresh materialized view (no IF NOT EXISTS: a half-built leftover is dropped first)."""
+        from psycopg import sql
+
+        if not self.materialized:
+            raise NotImplementedError("a Postgres view has nothing to build: use create_view")
+        return sql.SQL("CREATE MATERIALIZED VIEW {} AS\n{}\n").format(view, sql.SQL(body))
+
+    def swap(self, live: pgsql.Composable, build: pgsql.Composable) -> pgsql.Composable:
+        """Exchange the names of the live view and its rebuilt twin in one statement."""
+        from psycopg import sql
+
+        if not self.materialized:
+            raise NotImplementedError("Postgres replaces a view in a transaction: use replace_view")
+        return sql.SQL("ALTER MATERIALIZED VIEW {} SWAP WITH {}").format(live, build)
+
+    def rename(self, view: pgsql.Composable, new_name: str) -> pgsql.Composable:
+        """Rename within the schema (the target is a bare name, as ``RENAME TO`` takes it)."""
+        from psycopg import sql
+
+        kind = "MATERIALIZED VIEW" if self.materialized else "VIEW"
+        return sql.SQL("ALTER {} {} RENAME TO {}").format(sql.SQL(kind), view, sql.Identifier(new_name))
+
+    def entity_index(self, view: pgsql.Composable, index: str, key: str) -> pgsql.Composable | None:
+        """An index on the entity key of a materialized view, for point lookups; None on Postgres.
+
+        A Postgres view is evaluated at read time, so the raw tables' own indexes serve it.
+        """
+        from psycopg import sql
+
+        if not self.materialized:
+            return None
+        return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(index), view, sql.Identifier(key)
+        )
+
+    progress_sql = "SELECT ddl_id, ddl_statement, progress FROM rw_catalog.rw_ddl_progress ORDER BY ddl_id"
+
+
+BUILD_SUFFIX = "__fsmig_build"
+PREVIOUS_SUFFIX = "__fsmig_previous"
+
+
+def build_name(group: str) -> str:
+    """Where a changed definition is built beside the live view."""
+    return f"{group}{BUILD_SUFFIX}"
+
+
+def previous_name(group: str) -> str:
+    """Where the previous definition stays after a swap, for rollback until keep-warm ends."""
+    return f"{group}{PREVIOUS_SUFFIX}"
+
+
+def index_name(group: str, key: str) -> str:
+    return f"{group}__by_{key}"[:63]
+
+
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+_COUNTS = re.compile(r"\(?\s*(\d+)\s*/\s*(\d+)\s*\)?")
+
+
+def parse_progress(text: str | None) -> tuple[float | None, int | None, int | None]:
+    """``'69.02%'`` -> (69.02, None, None); ``'12.5% (125/1000)'`` -> (12.5, 125, 1000).
+
+    RisingWave documents the column as an estimate in percent; some versions add row counts.
+    Anything else gives Nones (the caller logs the raw text rather than guess).
+    """
+    if not text:
+        return None, None, None
+    pct = _PERCENT.search(text)
+    counts = _COUNTS.search(text.replace(",", ""))
+    done, total = (int(counts.group(1)), int(counts.group(2))) if counts else (None, None)
+    return (float(pct.group(1)) if pct else None), done, total
+
+
+def statement_builds(statement: str, schema: str, name: str) -> bool:
+    """Whether a ``ddl_statement`` creates ``schema.name`` (quoted or not, any case)."""
+    flat = " ".join(statement.replace('"', "").split()).lower()
+    target = f"{schema}.{name}".lower()
+    return re.search(rf"(^|[\s(]){re.escape(target)}([\s(]|$)", flat) is not None
 
 
 POSTGRES = StoreDialect("postgres", materialized=False, transactional_ddl=True, flush_before_read=False)

@@ -122,10 +122,81 @@ class NewStore(_pg.AdbcReader):
                     f"{self.plan.definition_path(g.name)} failed in connection '{self.conn_id}': "
                     f"{type(exc).__name__}: {str(exc).strip()}"
                 ) from exc
+        self._after_build(g)
+        log.info("group '%s': deployed %s (%s)", g.name, self.plan.view_name(g.name), self.dialect.name)
+
+    def _after_build(self, g: FeatureGroup) -> None:
+        """Index the entity key where the view's primary key may not lead with it; check columns."""
+        from airflow_fsmigration.stores.dialect import index_name
+        from airflow_fsmigration.stores.risingwave_lint import entity_key_leads_pk
+
         self._columns.pop(g.name, None)
         self._nullable.pop(g.name, None)
+        if entity_key_leads_pk(self.plan.definition_sql(g.name), g.entity_key) is not True:
+            stmt = self.dialect.entity_index(self.view(g), index_name(g.name, g.entity_key), g.entity_key)
+            if stmt is not None:
+                with self._psycopg() as conn:
+                    conn.execute(stmt)
         self._check_columns(g)
-        log.info("group '%s': deployed %s (%s)", g.name, self.plan.view_name(g.name), self.dialect.name)
+
+    def _named(self, name: str) -> pgsql.Identifier:
+        return _pg.qualified(f"{self.schema}.{name}")
+
+    def start_deploy(self, group: FeatureGroup | str, *, redefine: bool = False) -> str | None:
+        """Start a background build (RisingWave); the view name to follow, or None when done.
+
+        No live view yet: the live view itself is created with ``SET BACKGROUND_DDL = true``.
+        A live view and ``redefine``: the new definition is built beside it
+        (:func:`~.dialect.build_name`) while the live view keeps serving; :meth:`finish_deploy`
+        swaps them. A live view and no ``redefine``: nothing to do. Postgres: :meth:`deploy`.
+        """
+        from psycopg import sql
+
+        from airflow_fsmigration.stores.dialect import build_name
+
+        g = self._group(group)
+        if not self.dialect.background_builds:
+            self.deploy(g)
+            return None
+        body = self.dialect.live_sql(self.plan.definition_sql(g.name))
+        with self._psycopg() as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_pg.ident(self.schema)))
+            missing = [up for up in self.upstream_of(g) if not self._exists(conn, up)]
+            if missing:
+                raise UpstreamNotDeployed(
+                    f"group '{g.name}' reads the view(s) of upstream group(s) {', '.join(map(repr, missing))}, "
+                    f"not deployed in connection '{self.conn_id}': deploy them first"
+                )
+            live = self._exists(conn, g.name)
+            if live and not redefine:
+                return None
+            target = build_name(g.name) if live else g.name
+            stmts = [] if not live else [self.dialect.drop_view(self._named(target))]
+            stmts += [
+                sql.SQL(self.dialect.background_ddl() or ""),
+                self.dialect.create_build(self._named(target), body),
+            ]
+            for stmt in stmts:
+                conn.execute(stmt)
+        log.info("group '%s': building %s.%s in the background", g.name, self.schema, target)
+        return target
+
+    def finish_deploy(self, group: FeatureGroup | str, target: str | None) -> None:
+        """After a background build of ``target``: swap a rebuilt view in, keep the old one, index."""
+        from airflow_fsmigration.stores.dialect import build_name, previous_name
+
+        g = self._group(group)
+        if target == build_name(g.name):
+            live, built = self.view(g), self._named(target)
+            with self._psycopg() as conn:
+                conn.execute(self.dialect.swap(live, built))
+                # the build's name now holds the previous definition: keep it for rollback
+                conn.execute(self.dialect.drop_view(self._named(previous_name(g.name))))
+                conn.execute(self.dialect.rename(built, previous_name(g.name)))
+            log.info(
+                "group '%s': swapped the rebuilt view in; previous kept as %s", g.name, previous_name(g.name)
+            )
+        self._after_build(g)
 
     def _create(self, conn: Any, view: pgsql.Identifier, body: str) -> None:
         import psycopg
