@@ -51,6 +51,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
+from airflow_fsmigration import semantics_lists
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -300,6 +302,8 @@ def decode_value(raw: bytes | str | None, dtype: str, encoding: str = "string") 
     """A legacy value of ``dtype``: the typed value, None for a null, or :data:`UNDECODABLE`."""
     if raw is None:
         return None
+    if str(dtype) in semantics_lists.ELEMENT_DTYPES:  # a JSON array, whatever the encoding
+        return semantics_lists.decode_list_or(raw, str(dtype), UNDECODABLE)
     if str(encoding) == "json":
         unwrapped = json_unwrap(raw)
         if unwrapped is None or unwrapped is UNDECODABLE:
@@ -429,6 +433,8 @@ def values_match(
     """The whole rule for one pair (``a`` old, ``b`` new): undecodable, nulls, then tolerance."""
     if a is UNDECODABLE or b is UNDECODABLE:
         return False
+    if str(dtype) in semantics_lists.ELEMENT_DTYPES:
+        return semantics_lists.list_match(a, b, str(dtype), atol, rtol, str(null_policy))
     if a is None or b is None:
         return null_match(a is None, b is None, is_zero(a, dtype), is_zero(b, dtype), null_policy)
     return within_tolerance(a, b, dtype, atol=atol, rtol=rtol)
