@@ -76,6 +76,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-collation", action="store_true", help="keep the server's default collation")
     p.add_argument("--work-mem", default="64MB", help="work_mem of the bench database (both sides get it)")
     p.add_argument("--skip-refs", action="store_true", help="skip the DuckDB and pandas references")
+    p.add_argument(
+        "--only",
+        choices=["all", "grid", "spine"],
+        default="all",
+        help="measure only the grid or only the spines",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "bench_backfill.md")
     a = p.parse_args(argv)
     if a.full:
@@ -171,7 +177,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
 
     floor_s, chunked_s, floor_cpu, chunked_cpu = [], [], [], []
     floor_sum = chunked_sum = None
-    for i in range(a.repeat):
+    for i in range(a.repeat if a.only != "spine" else 0):
         order = ("floor", "chunked") if i % 2 == 0 else ("chunked", "floor")
         for which in order:
             if which == "floor":
@@ -208,7 +214,9 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
                     clear(f"chunked-{i}")
             print(f"  grid {which}: {s:.2f} s wall, {cpu:.2f} s CPU", flush=True)
     assert floor_sum == chunked_sum, (floor_sum, chunked_sum)
-    grid_rows = chunked_sum[0]
+    grid_rows = chunked_sum[0] if chunked_sum else 0
+    if a.only == "grid":
+        a.labels = 0
 
     # (b) spines
     print(f"spine of {a.labels:,} labels ...", flush=True)
@@ -229,36 +237,71 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
         table="ml.labels_daily",
         distinct_times=a.snapshots,
     )
-    choice = {}
-    for name in ("ml.labels_sec", "ml.labels_daily"):
-        spec = replay.SpineSpec(name, "user_id", "label_ts")
-        lo, hi = conn.execute(
-            sql.SQL("SELECT min(label_ts), max(label_ts) FROM {}").format(sql.Identifier(*name.split(".")))
-        ).fetchone()
-        choice[name] = replay._pick_strategy(conn, spec, replay.Chunk(0, lo, hi + timedelta(microseconds=1)))
-    spine_sec_s, spine_daily_s = [], []
-    for i in range(a.repeat):
-        s, res_sec = _timed(
-            lambda i=i: replay.run_backfill(plan, GROUP, conn, conn, spine="ml.labels_sec", run_id=f"sec-{i}")
-        )
-        spine_sec_s.append(s)
-        print(f"  per-second spine: {s:.2f} s ({a.labels / s:,.0f} labels/s)", flush=True)
-        s, res_daily = _timed(
-            lambda i=i: replay.run_backfill(
-                plan, GROUP, conn, conn, spine="ml.labels_daily", run_id=f"daily-{i}"
+    from bench import backfill_spine
+
+    spine_rows, spine_notes, spine_stats = [], [], {}
+    spine_daily_s: list[float] = []
+    daily_choice = ""
+    if a.labels:
+        spine_rows, spine_notes, spine_stats = backfill_spine.measure(conn, url, plan, a.repeat, a.labels)
+        handler = backfill_spine._StrategyLog()
+        logging.getLogger("airflow_fsmigration.backfill").addHandler(handler)
+        logging.getLogger("airflow_fsmigration.backfill").setLevel(logging.INFO)
+        for i in range(a.repeat):
+            s, res_daily = _timed(
+                lambda i=i: replay.run_backfill(
+                    plan, GROUP, conn, conn, spine="ml.labels_daily", run_id=f"daily-{i}"
+                )
             )
-        )
-        spine_daily_s.append(s)
-        print(f"  daily spine: {s:.2f} s ({a.labels / s:,.0f} labels/s)", flush=True)
-        assert res_sec.rows == res_daily.rows == a.labels
+            spine_daily_s.append(s)
+            print(f"  daily spine: {s:.2f} s ({a.labels / s:,.0f} labels/s)", flush=True)
+            assert res_daily.rows == a.labels
+        logging.getLogger("airflow_fsmigration.backfill").removeHandler(handler)
+        daily_choice = "; ".join(f"{k}: {v}" for k, v in handler.reasons.items())
     last = a.repeat - 1
     labels_table = replay.output_table_name(plan, GROUP, "spine")
-    cols = [c for c in replay.definition_columns(plan, GROUP) if c != "user_id"]
+    daily_exact, verified = "daily labels not checked against the grid (one part only)", 0
+    if a.labels and grid_rows:
+        daily_exact = _daily_vs_grid(conn, plan, labels_table, tident, last, a.labels)
+    if a.labels:
+        verified = _verify(conn, plan, labels_table, f"spine-0-{last}", a.verify)
+    refs: dict[str, list[float]] = {}
+    ref_notes: list[str] = []
+    if not a.skip_refs and grid_rows:
+        refs, ref_notes = _references(url, plan, times, conn, table, f"chunked-{last}", a.repeat)
+    conn.close()
+    return _report(
+        a,
+        argv,
+        grid_rows,
+        floor_s,
+        chunked_s,
+        floor_cpu,
+        chunked_cpu,
+        chunked_sum,
+        spine_rows,
+        spine_notes,
+        spine_stats,
+        spine_daily_s,
+        daily_choice,
+        daily_exact,
+        verified,
+        refs,
+        ref_notes,
+        gen_s,
+    )
+
+
+def _daily_vs_grid(conn, plan, labels_table, tident, last, labels):  # type: ignore[no-untyped-def]
+    """How many daily labels equal the grid snapshot of their day (integers exactly, floats within 1e-9)."""
+    from psycopg import sql
+
+    cols = [c for c in replay_columns(plan) if c != "user_id"]
+    floats = {f.name for f in plan.groups[GROUP].features if str(f.dtype) == "float64"}
     conn.execute("BEGIN")
     conn.execute(
         "SET LOCAL enable_nestloop = off"
     )  # a hash join; the (run_id, time) index invites a slow loop
-    floats = {f.name for f in plan.groups[GROUP].features if str(f.dtype) == "float64"}
 
     def close(c: str) -> sql.Composable:
         lc, gc = sql.Identifier("l", c), sql.Identifier("g", c)
@@ -283,14 +326,29 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
         (f"chunked-{last}", f"daily-{last}"),
     ).fetchone()
     conn.execute("COMMIT")
-    daily_exact = (
-        f"{equal:,} of {a.labels:,} daily labels equal the grid snapshot of their day (integers and times "
+    # a daily label at a day whose snapshot lacks the user must be all-null: the LEFT JOIN row compares equal then
+    text = (
+        f"{equal:,} of {labels:,} daily labels equal the grid snapshot of their day (integers and times "
         f"exactly, floats within 1e-9 relative), {bits:,} bit for bit"
     )
-    # a daily label at a day whose snapshot lacks the user must be all-null: the LEFT JOIN row compares equal then
-    print(f"  daily spine exactness: {daily_exact}", flush=True)
+    print(f"  daily spine exactness: {text}", flush=True)
+    return text
+
+
+def replay_columns(plan):  # type: ignore[no-untyped-def]
+    from airflow_fsmigration.backfill import replay
+
+    return replay.definition_columns(plan, GROUP)
+
+
+def _verify(conn, plan, labels_table, run_id, n):  # type: ignore[no-untyped-def]
+    """``n`` sampled per-second labels against the bare definition evaluated alone at the label's time."""
+    from psycopg import sql
+
     from airflow_fsmigration.plan.definitions import render_as_of
 
+    cols = [c for c in replay_columns(plan) if c != "user_id"]
+    floats = {f.name for f in plan.groups[GROUP].features if str(f.dtype) == "float64"}
     one = render_as_of(plan, GROUP)
     sample = conn.execute(
         sql.SQL(
@@ -299,7 +357,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
         ).format(
             c=sql.SQL(", ").join(sql.Identifier(c) for c in cols), lt=sql.Identifier(*labels_table.split("."))
         ),
-        (f"sec-{last}", a.verify),
+        (run_id, n),
     ).fetchall()
     verified = 0
     for row in sample:
@@ -317,19 +375,14 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     print(
         f"  per-second spine: {verified} sampled labels equal the bare definition at their time", flush=True
     )
+    return verified
 
-    # (c) references
-    refs: dict[str, list[float]] = {}
-    ref_notes = []
-    if not a.skip_refs:
-        refs, ref_notes = _references(url, plan, times, conn, table, f"chunked-{last}", a.repeat)
 
-    conn.close()
-
+def _report(a, argv, grid_rows, floor_s, chunked_s, floor_cpu, chunked_cpu, chunked_sum, spine_rows,  # type: ignore[no-untyped-def]
+            spine_notes, spine_stats, spine_daily_s, daily_choice, daily_exact, verified, refs, ref_notes, gen_s):  # fmt: skip
     med = statistics.median
-    f, c = med(floor_s), med(chunked_s)
     lines = [
-        "# bench_backfill: chunked as-of replay vs one plain statement",
+        "# bench_backfill: chunked as-of replay vs one plain statement; spine strategies vs DuckDB",
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores ({_cpu()}), load average at end {os.getloadavg()[0]:.1f} (shared with other work)",
@@ -337,40 +390,62 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
         f"spines of {a.labels:,} labels; group `{GROUP}` of the demo plan; Postgres "
         f"{'server collation' if a.server_collation else 'C collation'}, work_mem {a.work_mem}; medians of {a.repeat} alternating runs",
         f"- command: `python -m bench.bench_backfill {' '.join(argv if argv is not None else sys.argv[1:])}`",
-        "- sums of doubles in Postgres depend on scan order, so a per-label plan (index order) and a snapshot "
-        "plan (heap order) can differ in the last bits of float features (seen: 4.5e-13 on a sum); integer and "
-        "time features, and the checksummed grid, are bit-identical",
-        "- spine per-label evaluation runs with `enable_memoize = off` (set by the replay): Postgres' Memoize "
-        "node, keyed on (entity, label time) that never repeat, made it 4-5x slower",
-        "",
-        "| measurement | median s | rate | ratio |",
-        "|---|---:|---:|---:|",
-        f"| (a) floor: one plain INSERT .. SELECT of all snapshots | {f:.2f} | {grid_rows / f:,.0f} rows/s | 1.00 |",
-        f"| (a) run_backfill: chunked, checkpointed, checksummed, audited | {c:.2f} | {grid_rows / c:,.0f} rows/s | "
-        f"{c / f:.2f} |",
-        f"| (a) floor, CPU s (Postgres backend + client) | {med(floor_cpu):.2f} | | 1.00 |",
-        f"| (a) run_backfill, CPU s (Postgres backend + client) | {med(chunked_cpu):.2f} | | "
-        f"{med(chunked_cpu) / med(floor_cpu):.2f} |",
-        f"| (b) spine, a distinct time per label (auto: {choice['ml.labels_sec']}) | {med(spine_sec_s):.2f} | "
-        f"{a.labels / med(spine_sec_s):,.0f} labels/s | |",
-        f"| (b) spine, {a.snapshots} daily label times (auto: {choice['ml.labels_daily']}) | {med(spine_daily_s):.2f} | "
-        f"{a.labels / med(spine_daily_s):,.0f} labels/s | |",
     ]
-    for name, secs in refs.items():
+    if grid_rows:
+        f, c = med(floor_s), med(chunked_s)
+        lines += [
+            "",
+            "| grid measurement | median s | rate | ratio |",
+            "|---|---:|---:|---:|",
+            f"| (a) floor: one plain INSERT .. SELECT of all snapshots | {f:.2f} | {grid_rows / f:,.0f} rows/s | 1.00 |",
+            f"| (a) run_backfill: chunked, checkpointed, checksummed, audited | {c:.2f} | {grid_rows / c:,.0f} rows/s | "
+            f"{c / f:.2f} |",
+            f"| (a) floor, CPU s (Postgres backend + client) | {med(floor_cpu):.2f} | | 1.00 |",
+            f"| (a) run_backfill, CPU s (Postgres backend + client) | {med(chunked_cpu):.2f} | | "
+            f"{med(chunked_cpu) / med(floor_cpu):.2f} |",
+        ]
+        for name, secs in refs.items():
+            lines.append(
+                f"| (c) {name} | {med(secs):.2f} | {grid_rows / med(secs):,.0f} rows/s | {med(secs) / f:.2f} |"
+            )
+        lines += [
+            "",
+            f"- grid exactness: chunked and plain tables equal (rows {grid_rows:,}, checksum {chunked_sum[1]})",
+            f"- chunking overhead over the floor: {(c / f - 1) * 100:+.1f}% wall (ratio of medians), "
+            f"{(statistics.median(x / y for x, y in zip(chunked_s, floor_s, strict=True)) - 1) * 100:+.1f}% "
+            f"(median of the paired runs' ratios), {(med(chunked_cpu) / med(floor_cpu) - 1) * 100:+.1f}% CPU "
+            "(goal: at most +20%). CPU time is the steadier figure on a shared machine.",
+            *[f"- {n}" for n in ref_notes],
+        ]
+    if spine_rows:
+        lines += [
+            "",
+            f"Spine of {a.labels:,} labels, each at its own second (CPU: this process's threads; Postgres: the whole server):",
+            "",
+            "| spine measurement | runs (s) | median s | labels/s | CPU ours s | CPU Postgres s | CPU total s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+            *spine_rows,
+            f"| (b) spine, {a.snapshots} daily label times, auto | {', '.join(f'{x:.2f}' for x in spine_daily_s)} |"
+            f" {med(spine_daily_s):.2f} | {a.labels / med(spine_daily_s):,.0f} | | | |",
+            "",
+            *[f"- {n}" for n in spine_notes],
+            f"- daily spine, auto chose: {daily_choice}",
+            f"- {daily_exact}; {verified} sampled per-second labels equal the bare definition at their time",
+        ]
+        names = list(spine_stats)
+        lat, auto = spine_stats[names[0]], spine_stats[names[1]]
         lines.append(
-            f"| (c) {name} | {med(secs):.2f} | {grid_rows / med(secs):,.0f} rows/s | {med(secs) / f:.2f} |"
+            f"- same-run ratios (wall): auto / lateral {auto[0] / lat[0]:.2f}x, set / lateral "
+            f"{spine_stats[names[2]][0] / lat[0]:.2f}x"
         )
-    lines += [
-        "",
-        f"- exactness: chunked and plain tables equal (rows {grid_rows:,}, checksum {chunked_sum[1]}); "
-        f"{daily_exact}; {verified} sampled per-second labels equal the bare definition at their time.",
-        f"- chunking overhead over the floor: {(c / f - 1) * 100:+.1f}% wall (ratio of medians), "
-        f"{(statistics.median(x / y for x, y in zip(chunked_s, floor_s, strict=True)) - 1) * 100:+.1f}% "
-        f"(median of the paired runs' ratios), {(med(chunked_cpu) / med(floor_cpu) - 1) * 100:+.1f}% CPU "
-        "(goal: at most +20%). Wall times swing by tens of percent on this shared machine; CPU time is the steadier figure.",
-        *[f"- {n}" for n in ref_notes],
-        f"- data generation: {gen_s:.1f} s (not part of any figure).",
-    ]
+        if "duckdb" in spine_stats:
+            d = spine_stats["duckdb"]
+            total = auto[1] + (auto[2] or 0)
+            lines.append(
+                f"- ours (auto) vs DuckDB: labels/s {d[0] / auto[0]:.2f}x DuckDB's rate (goal >= 1.00x); "
+                f"CPU-seconds {total:.2f} vs {d[1]:.2f} ({total / d[1]:.1f}x)"
+            )
+    lines.append(f"- data generation: {gen_s:.1f} s (not part of any figure).")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

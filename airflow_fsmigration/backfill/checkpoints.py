@@ -366,7 +366,10 @@ def plan_run(
             bounds.append((lo, hi))
     else:
         assert spine_spec is not None
-        bounds = [(lo, hi) for lo, hi, _ in spine_chunks(store_conn, spine_spec, labels_per_chunk)]
+        # four parts at least (when big enough), so two parallel workers stay busy to the end
+        bounds = [
+            (lo, hi) for lo, hi, _ in spine_chunks(store_conn, spine_spec, labels_per_chunk, min_parts=4)
+        ]
     ensure_output_table(store_conn, plan, group, mode, table)
     record_plan(registry_conn, run_id, group, mode, table, params, bounds)
     run = load_run(registry_conn, run_id)

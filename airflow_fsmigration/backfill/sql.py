@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 Mode = Literal["grid", "spine"]
+SPLIT_MIN_LABELS = 5_000  # a spine is cut into more chunks than its size asks only down to this
 Strategy = Literal["auto", "lateral", "per_timestamp", "set"]
 
 
@@ -302,8 +303,14 @@ def detect_spine(conn: Any, plan: MigrationPlan, group: str, table: str, entity_
     return SpineSpec(table=f"{schema}.{name}", entity_column=entity, time_column=time_column)
 
 
-def spine_chunks(conn: Any, spine: SpineSpec, chunk_labels: int) -> list[tuple[datetime, datetime, int]]:
-    """Time ranges of about ``chunk_labels`` labels each, cut at label-time quantiles (one sort)."""
+def spine_chunks(
+    conn: Any, spine: SpineSpec, chunk_labels: int, min_parts: int = 1
+) -> list[tuple[datetime, datetime, int]]:
+    """Time ranges of about ``chunk_labels`` labels each, cut at label-time quantiles (one sort).
+
+    At least ``min_parts`` ranges when there are ``SPLIT_MIN_LABELS`` labels per part, so
+    parallel workers share a spine smaller than two chunks.
+    """
     from psycopg import sql
 
     ts = sql.Identifier(spine.time_column)
@@ -312,7 +319,7 @@ def spine_chunks(conn: Any, spine: SpineSpec, chunk_labels: int) -> list[tuple[d
     ).fetchone()
     if not n:
         return []
-    parts = max(1, math.ceil(n / chunk_labels))
+    parts = max(1, math.ceil(n / chunk_labels), min(min_parts, n // SPLIT_MIN_LABELS))
     cuts: list[datetime] = []
     if parts > 1:
         fractions = [i / parts for i in range(1, parts)]
