@@ -202,3 +202,41 @@ def test_trigger_reports_a_vanished_build_as_an_error(rw_plan, pg_conn):
     )
     event = asyncio.run(trigger.run().__anext__()).payload
     assert event["status"] == "error" and "cancelled or failed" in event["reason"]
+
+
+@pytest.mark.unit
+def test_plain_views_for_clock_dependent_groups_and_refusals_before_sending(tmp_path):
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.stores.new_store import DeployError, NewStore
+
+    assert (
+        RISINGWAVE.create_view(LIVE, BODY, plain=True)
+        .as_string(None)
+        .startswith('CREATE VIEW IF NOT EXISTS "features"."user_txn_stats" AS\n')
+    )
+    assert (
+        RISINGWAVE.drop_view(LIVE, plain=True).as_string(None)
+        == 'DROP VIEW IF EXISTS "features"."user_txn_stats"'
+    )
+    assert [s.as_string(None).split(" AS")[0] for s in RISINGWAVE.replace_view(LIVE, BODY, plain=True)] == [
+        'DROP VIEW IF EXISTS "features"."user_txn_stats"',
+        'CREATE VIEW "features"."user_txn_stats"',
+    ]
+    plan_dir = tmp_path / "plan"
+    shutil.copytree(REPO / "include" / "demo_plan", plan_dir)
+    (plan_dir / "new_store.yaml").write_text("new_store: {dialect: risingwave, schema: features}\n")
+    path = plan_dir / "sql" / "merchant_stats.sql"
+    text = path.read_text().replace(
+        "count(*) AS merchant_txn_count_24h",
+        "count(*) FILTER (WHERE t.event_ts > :as_of - interval '1 hour') AS merchant_txn_count_24h",
+    )
+    path.write_text(text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "FILTER (WHERE t.event_ts" in t)
+    store = NewStore("postgresql://never-connected.invalid/x", load_plan(plan_dir), "fsmig_new_store")
+    assert store.plain(store.plan.groups["user_profile"]) and not store.plain(
+        store.plan.groups["user_txn_stats"]
+    )
+    with pytest.raises(DeployError, match=rf"{path}:{line}: :as_of inside an aggregate FILTER"):
+        store.deploy("merchant_stats")  # refused before any connection is opened
+    with pytest.raises(DeployError, match="RisingWave would refuse"):
+        store.start_deploy("merchant_stats")

@@ -225,13 +225,20 @@ def test_validate_flags_the_old_forms_with_file_and_line_and_writes_rewrites(tmp
 
 
 @pytest.mark.unit
-def test_the_new_forms_pass_but_for_the_clock_dependent_account_age(tmp_path):
-    """account_age_days = floor((now - created_at) / 1 day): no streaming form (docs/risingwave.md)."""
+def test_the_new_forms_pass_and_the_clock_dependent_groups_are_plain_views(tmp_path):
+    """account_age_days = floor((:as_of - created_at) / 1 day) has no streaming form: on RisingWave
+    user_profile, and the groups reading it, are plain views computed at read time (warnings)."""
+    from airflow_fsmigration.stores.risingwave_lint import read_time_groups
+
     plan = load_plan(_risingwave_plan(tmp_path, before=False))
-    errors = [f for f in lint_plan(plan) if f.severity == "error"]
-    assert [(f.group, "account_age_days" in f.message) for f in errors] == [("user_profile", True)]
+    findings = lint_plan(plan)
+    assert [f for f in findings if f.severity == "error"] == []
+    assert read_time_groups(plan) == {"user_profile", "user_risk_profile", "fraud_decision_features"}
+    assert {f.group for f in findings} == read_time_groups(plan)
     run = _validate(plan.source_dir)
-    assert run.returncode == 2 and run.stderr.count("groups.") == 1, run.stderr
+    assert run.returncode == 0, run.stderr
+    assert "user_profile.sql:32: groups.user_profile.definition: :as_of in the SELECT list" in run.stdout
+    assert "risingwave: every definition is a query RisingWave accepts (3 as plain views" in run.stdout
 
 
 @pytest.mark.unit

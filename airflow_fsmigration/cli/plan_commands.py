@@ -77,7 +77,7 @@ def _lint_risingwave(plan: Any, rewrites: Path | None) -> list[str] | None:
     findings = lint_plan(plan)
     errors = [f for f in findings if f.severity == "error"]
     lines = [f"warning: {f}" for f in findings if f.severity != "error"]
-    if errors and rewrites is None:
+    if rewrites is None and any("FILTER" in f.message for f in errors):
         lines.append("fsmigrate validate PLAN --rewrites DIR writes the mechanical rewrites where one exists")
     if rewrites is not None:
         rewrites.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,11 @@ def _lint_risingwave(plan: Any, rewrites: Path | None) -> list[str] | None:
                     f"rewrite: {rewrites / f'{group}.sql'} (one temporal-filtered subquery per window)"
                 )
     if not errors:
-        return [*lines, "risingwave: every definition is a streaming query RisingWave accepts"]
+        from airflow_fsmigration.stores.risingwave_lint import read_time_groups
+
+        plain = sorted(read_time_groups(plan))
+        note = f" ({len(plain)} as plain views computed at read time: {', '.join(plain)})" if plain else ""
+        return [*lines, f"risingwave: every definition is a query RisingWave accepts{note}"]
     count = len(errors)
     print(
         f"the definitions have {count} error{'s' if count != 1 else ''} for new_store.dialect risingwave:",

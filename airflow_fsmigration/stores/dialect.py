@@ -48,19 +48,32 @@ class StoreDialect:
         """The definition as of now, in this store's own clock (a temporal filter in RisingWave)."""
         return render_live(definition).strip().rstrip(";")
 
-    def create_view(self, view: pgsql.Composable, body: str) -> pgsql.Composable:
-        """The idempotent statement that creates the live view of a group."""
+    def create_view(self, view: pgsql.Composable, body: str, *, plain: bool = False) -> pgsql.Composable:
+        """The idempotent statement that creates the live view of a group.
+
+        ``plain`` (RisingWave): a group whose values move with the clock is a plain view, evaluated
+        at read time as a batch query, where NOW() may appear anywhere
+        (:func:`~.risingwave_lint.read_time_groups`).
+        """
         from psycopg import sql
 
-        if self.materialized:
+        if self.materialized and not plain:
             return sql.SQL("CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS\n{}\n").format(view, sql.SQL(body))
+        if self.materialized:
+            return sql.SQL("CREATE VIEW IF NOT EXISTS {} AS\n{}\n").format(view, sql.SQL(body))
         return sql.SQL("CREATE OR REPLACE VIEW {} AS\n{}\n").format(view, sql.SQL(body))
 
-    def replace_view(self, view: pgsql.Composable, body: str) -> list[pgsql.Composable]:
-        """Statements that replace a view whose column list changed (run in one transaction)."""
+    def replace_view(
+        self, view: pgsql.Composable, body: str, *, plain: bool = False
+    ) -> list[pgsql.Composable]:
+        """Statements that replace a view whose definition or column list changed.
+
+        Postgres runs them in one transaction. RisingWave replaces only a plain view this way
+        (a materialized one is rebuilt beside itself and swapped: :meth:`create_build`, :meth:`swap`).
+        """
         from psycopg import sql
 
-        if self.materialized:
+        if self.materialized and not plain:
             raise NotImplementedError(
                 "RisingWave cannot replace a materialized view in place: drop it deliberately and deploy again"
             )
@@ -69,10 +82,10 @@ class StoreDialect:
             sql.SQL("CREATE VIEW {} AS\n{}\n").format(view, sql.SQL(body)),
         ]
 
-    def drop_view(self, view: pgsql.Composable) -> pgsql.Composable:
+    def drop_view(self, view: pgsql.Composable, *, plain: bool = False) -> pgsql.Composable:
         from psycopg import sql
 
-        kind = "MATERIALIZED VIEW" if self.materialized else "VIEW"
+        kind = "MATERIALIZED VIEW" if self.materialized and not plain else "VIEW"
         return sql.SQL("DROP {} IF EXISTS {}").format(sql.SQL(kind), view)
 
     def before_read(self) -> str | None:

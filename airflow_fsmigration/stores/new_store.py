@@ -50,6 +50,7 @@ class NewStore(_pg.AdbcReader):
         self._adbc: Any = None
         self._columns: dict[str, dict[str, str]] = {}
         self._nullable: dict[str, dict[str, bool]] = {}
+        self._read_time: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"NewStore(conn_id={self.conn_id!r}, dialect={self.dialect.name!r})"
@@ -98,22 +99,16 @@ class NewStore(_pg.AdbcReader):
         the database's own "relation does not exist" would not say which group to deploy first.
         """
         import psycopg
-        from psycopg import sql
 
         g = self._group(group)
         body = self.dialect.live_sql(self.plan.definition_sql(g.name))
         view = self.view(g)
+        plain = self.plain(g)
+        self._refuse(g)
         with self._psycopg() as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_pg.ident(self.schema)))
-            missing = [up for up in self.upstream_of(g) if not self._exists(conn, up)]
-            if missing:
-                raise UpstreamNotDeployed(
-                    f"group '{g.name}' reads the view(s) of upstream group(s) {', '.join(repr(m) for m in missing)}, "
-                    f"not deployed in connection '{self.conn_id}': deploy {', '.join(repr(m) for m in missing)} "
-                    "first (deploy_all deploys in wave order)"
-                )
+            self._prepare(conn, g)
             try:
-                self._create(conn, view, body)
+                self._create(conn, view, body, plain=plain)
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(self.conn_id, self.store, exc) from exc
             except psycopg.Error as exc:
@@ -126,83 +121,70 @@ class NewStore(_pg.AdbcReader):
         log.info("group '%s': deployed %s (%s)", g.name, self.plan.view_name(g.name), self.dialect.name)
 
     def _after_build(self, g: FeatureGroup) -> None:
-        """Index the entity key where the view's primary key may not lead with it; check columns."""
-        from airflow_fsmigration.stores.dialect import index_name
-        from airflow_fsmigration.stores.risingwave_lint import entity_key_leads_pk
-
+        """Index the entity key on RisingWave where the view's key may not lead with it; check columns."""
         self._columns.pop(g.name, None)
         self._nullable.pop(g.name, None)
-        if entity_key_leads_pk(self.plan.definition_sql(g.name), g.entity_key) is not True:
-            stmt = self.dialect.entity_index(self.view(g), index_name(g.name, g.entity_key), g.entity_key)
-            if stmt is not None:
-                with self._psycopg() as conn:
-                    conn.execute(stmt)
-        self._check_columns(g)
+        if self.dialect.materialized:
+            from airflow_fsmigration.stores.risingwave_deploy import index_entity_key
 
-    def _named(self, name: str) -> pgsql.Identifier:
-        return _pg.qualified(f"{self.schema}.{name}")
+            index_entity_key(self, g)
+        self._check_columns(g)
 
     def start_deploy(self, group: FeatureGroup | str, *, redefine: bool = False) -> str | None:
         """Start a background build (RisingWave); the view name to follow, or None when done.
 
-        No live view yet: the live view itself is created with ``SET BACKGROUND_DDL = true``.
-        A live view and ``redefine``: the new definition is built beside it
-        (:func:`~.dialect.build_name`) while the live view keeps serving; :meth:`finish_deploy`
-        swaps them. A live view and no ``redefine``: nothing to do. Postgres: :meth:`deploy`.
+        See :func:`~airflow_fsmigration.stores.risingwave_deploy.start_deploy`; Postgres: :meth:`deploy`.
         """
-        from psycopg import sql
-
-        from airflow_fsmigration.stores.dialect import build_name
-
         g = self._group(group)
         if not self.dialect.background_builds:
             self.deploy(g)
             return None
-        body = self.dialect.live_sql(self.plan.definition_sql(g.name))
-        with self._psycopg() as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_pg.ident(self.schema)))
-            missing = [up for up in self.upstream_of(g) if not self._exists(conn, up)]
-            if missing:
-                raise UpstreamNotDeployed(
-                    f"group '{g.name}' reads the view(s) of upstream group(s) {', '.join(map(repr, missing))}, "
-                    f"not deployed in connection '{self.conn_id}': deploy them first"
-                )
-            live = self._exists(conn, g.name)
-            if live and not redefine:
-                return None
-            target = build_name(g.name) if live else g.name
-            stmts = [] if not live else [self.dialect.drop_view(self._named(target))]
-            stmts += [
-                sql.SQL(self.dialect.background_ddl() or ""),
-                self.dialect.create_build(self._named(target), body),
-            ]
-            for stmt in stmts:
-                conn.execute(stmt)
-        log.info("group '%s': building %s.%s in the background", g.name, self.schema, target)
-        return target
+        from airflow_fsmigration.stores.risingwave_deploy import start_deploy
+
+        return start_deploy(self, g, redefine=redefine)
 
     def finish_deploy(self, group: FeatureGroup | str, target: str | None) -> None:
         """After a background build of ``target``: swap a rebuilt view in, keep the old one, index."""
-        from airflow_fsmigration.stores.dialect import build_name, previous_name
+        from airflow_fsmigration.stores.risingwave_deploy import finish_deploy
 
-        g = self._group(group)
-        if target == build_name(g.name):
-            live, built = self.view(g), self._named(target)
-            with self._psycopg() as conn:
-                conn.execute(self.dialect.swap(live, built))
-                # the build's name now holds the previous definition: keep it for rollback
-                conn.execute(self.dialect.drop_view(self._named(previous_name(g.name))))
-                conn.execute(self.dialect.rename(built, previous_name(g.name)))
-            log.info(
-                "group '%s': swapped the rebuilt view in; previous kept as %s", g.name, previous_name(g.name)
+        finish_deploy(self, self._group(group), target)
+
+    def plain(self, g: FeatureGroup) -> bool:
+        """Whether the group is a plain view on a materialized dialect (its values move with the clock)."""
+        if not self.dialect.materialized:
+            return False
+        from airflow_fsmigration.stores.risingwave_lint import read_time_groups
+
+        if self._read_time is None:
+            self._read_time = read_time_groups(self.plan)
+        return g.name in self._read_time
+
+    def _refuse(self, g: FeatureGroup) -> None:
+        """On RisingWave, a definition it would refuse fails here, with file and line, before any DDL."""
+        if self.dialect.materialized:
+            from airflow_fsmigration.stores.risingwave_deploy import unstreamable
+
+            if (refusal := unstreamable(self, g)) is not None:
+                raise DeployError(refusal)
+
+    def _prepare(self, conn: Any, g: FeatureGroup) -> None:
+        """The schema exists and every upstream view is deployed; else a clear error."""
+        from psycopg import sql
+
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_pg.ident(self.schema)))
+        missing = [up for up in self.upstream_of(g) if not self._exists(conn, up)]
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            raise UpstreamNotDeployed(
+                f"group '{g.name}' reads the view(s) of upstream group(s) {names}, not deployed in "
+                f"connection '{self.conn_id}': deploy {names} first (deploy_all deploys in wave order)"
             )
-        self._after_build(g)
 
-    def _create(self, conn: Any, view: pgsql.Identifier, body: str) -> None:
+    def _create(self, conn: Any, view: pgsql.Identifier, body: str, *, plain: bool = False) -> None:
         import psycopg
 
         if not self.dialect.transactional_ddl:
-            conn.execute(self.dialect.create_view(view, body))
+            conn.execute(self.dialect.create_view(view, body, plain=plain))
             return
         try:
             with conn.transaction():
@@ -236,7 +218,7 @@ class NewStore(_pg.AdbcReader):
     def drop(self, group: FeatureGroup | str) -> None:
         """Drop a group's view (used by rollback of a deploy and by tests)."""
         with self._psycopg() as conn:
-            conn.execute(self.dialect.drop_view(self.view(group)))
+            conn.execute(self.dialect.drop_view(self.view(group), plain=self.plain(self._group(group))))
         self._columns.pop(self._group(group).name, None)
         self._nullable.pop(self._group(group).name, None)
 

@@ -34,6 +34,7 @@ _AS_OF = re.compile(r"(?<![:\w]):as_of\b")
 _MARKER = "fsmig_as_of"
 _MARKER_CALL = re.compile(rf"\b{_MARKER}\(\)", re.IGNORECASE)
 DOCS = "https://docs.risingwave.com/processing/sql/temporal-filters"
+SELECT_LIST = ":as_of in the SELECT list"
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,11 @@ def lint_sql(sql: str, entity_key: str | None = None) -> list[tuple[int | None, 
             out.append(
                 (
                     line,
-                    "error",
-                    f":as_of in the SELECT list{named}: RisingWave allows NOW() only in temporal filters "
-                    "(a value that moves with the clock has no streaming form); compute it where it is "
-                    "read, or select its inputs (e.g. the time column) as the feature",
+                    "warning",
+                    f"{SELECT_LIST}{named}: RisingWave refuses NOW() there in a materialized view (a value that "
+                    "moves with the clock has no streaming form), so this group and every group reading it "
+                    "is deployed as a plain view computed at read time: check its latency with fsmigrate "
+                    "loadtest, or compute the value where it is read",
                 )
             )
         elif where in ("where", "having"):
@@ -318,9 +320,37 @@ def entity_key_leads_pk(sql: str, entity_key: str) -> bool | None:
     return isinstance(keys[0], exp.Column) and keys[0].name == entity_key
 
 
+def clock_dependent(sql: str) -> bool:
+    """Whether the definition selects a value computed from :as_of (it cannot be materialized)."""
+    return any(msg.startswith(SELECT_LIST) for _, _, msg in lint_sql(sql))
+
+
+def read_time_groups(plan: MigrationPlan) -> set[str]:
+    """Groups deployed on RisingWave as plain views, evaluated at read time.
+
+    A group whose definition selects a value computed from ``:as_of`` (``account_age_days`` from
+    ``:as_of - created_at``) has no materialized form, and neither has a group that reads its
+    view: a materialized view over it would carry the ``NOW()`` into its own SELECT list.
+    """
+    from airflow_fsmigration.plan.definitions import groups_reading, referenced_tables
+    from airflow_fsmigration.plan.graph import compute_waves
+
+    out: set[str] = set()
+    for name in compute_waves(plan).order:  # upstream first
+        sql = plan.definition_sql(name)
+        upstream = groups_reading(referenced_tables(sql), plan) | set(plan.groups[name].depends_on)
+        if upstream & out or clock_dependent(sql):
+            out.add(name)
+    return out
+
+
 def lint_plan(plan: MigrationPlan) -> list[Finding]:
     """Every finding of every group's definition, in file order, for ``fsmigrate validate``."""
     findings = []
+    try:
+        read_time = read_time_groups(plan)
+    except DefinitionError:
+        read_time = set()
     for name, group in plan.groups.items():
         path = plan.definition_path(name)
         try:
@@ -333,7 +363,27 @@ def lint_plan(plan: MigrationPlan) -> list[Finding]:
             findings.append(Finding(name, shown, None, "error", str(exc)))
             continue
         findings += [Finding(name, shown, line, sev, msg) for line, sev, msg in problems]
+        if name in read_time and not any(msg.startswith(SELECT_LIST) for _, _, msg in problems):
+            findings.append(
+                Finding(
+                    name,
+                    shown,
+                    None,
+                    "warning",
+                    "reads a group computed at read time on RisingWave, so it is a plain view too "
+                    "(no incremental maintenance): check its latency with fsmigrate loadtest",
+                )
+            )
     return sorted(findings, key=lambda f: (f.file, f.line or 0))
 
 
-__all__ = ["DOCS", "Finding", "entity_key_leads_pk", "lint_plan", "lint_sql"]
+__all__ = [
+    "DOCS",
+    "SELECT_LIST",
+    "Finding",
+    "clock_dependent",
+    "entity_key_leads_pk",
+    "lint_plan",
+    "lint_sql",
+    "read_time_groups",
+]
