@@ -21,13 +21,13 @@ log = logging.getLogger("airflow_fsmigration.feast")
 
 DEMO_PROJECT = "fsmig_demo"
 
-DEMO_DEFINITIONS = '''"""A small Feast repo for fsmigrate's tests, benchmark and demo: two views, one service."""
+DEMO_DEFINITIONS = '''"""A small Feast repo for fsmigrate's tests, benchmark and demo: three views, two services."""
 
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
-from feast.types import Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
+from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
 driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64, description="A driver")
 customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING)
@@ -70,6 +70,34 @@ customer_profile = FeatureView(
     schema=[Field(name="ltv", dtype=Float64), Field(name="segment", dtype=String)],
     source=customer_source,
     online=True,
+)
+
+driver_lists_source = PostgreSQLSource(
+    name="driver_lists_source",
+    table="public.driver_lists",
+    timestamp_field="event_timestamp",
+)
+
+driver_lists = FeatureView(
+    name="driver_lists",
+    entities=[driver],
+    ttl=timedelta(days=7),
+    schema=[
+        Field(name="recent_trip_ids", dtype=Array(Int64)),
+        Field(name="embedding", dtype=Array(Float32), description="A 4-d driver embedding"),
+        Field(name="scores", dtype=Array(Float64)),
+        Field(name="zones", dtype=Array(String)),
+    ],
+    source=driver_lists_source,
+    online=True,
+    tags={"team": "recs"},
+)
+
+recommender = FeatureService(
+    name="recommender",
+    features=[driver_lists, driver_hourly_stats[["conv_rate"]]],
+    owner="recs-ml@example.com",
+    tags={"tier": "1"},
 )
 
 driver_activity = FeatureService(
@@ -172,8 +200,13 @@ def load_demo_data(
         )
         for c in range(1, customers + 1)
     ]
+    list_rows = [_list_row(d, now) for d in range(1, min(drivers, LIST_DRIVERS) + 1)]
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS public.driver_stats, public.customers")
+        conn.execute("DROP TABLE IF EXISTS public.driver_stats, public.customers, public.driver_lists")
+        conn.execute(
+            "CREATE TABLE public.driver_lists (driver_id bigint, event_timestamp timestamptz, "
+            "recent_trip_ids bigint[], embedding real[], scores double precision[], zones text[])"
+        )
         conn.execute(
             "CREATE TABLE public.driver_stats (driver_id bigint, event_timestamp timestamptz, created timestamptz, "
             "conv_rate real, acc_rate double precision, avg_daily_trips bigint, rating integer, "
@@ -190,7 +223,31 @@ def load_demo_data(
             with cur.copy("COPY public.customers FROM STDIN") as copy:
                 for row in customers_rows:
                     copy.write_row(row)
-    return {"driver_rows": len(rows), "customer_rows": len(customers_rows), "now": now.isoformat()}
+            cur.executemany("INSERT INTO public.driver_lists VALUES (%s, %s, %s, %s, %s, %s)", list_rows)
+    return {
+        "driver_rows": len(rows),
+        "customer_rows": len(customers_rows),
+        "list_rows": len(list_rows),
+        "now": now.isoformat(),
+    }
+
+
+#: Drivers with a row of the list view (the first ones; the benchmark's 100k need none).
+LIST_DRIVERS = 400
+
+
+def _list_row(d: int, now: datetime) -> tuple[Any, ...]:
+    """Driver ``d``'s lists: every 5th has empty lists, every 6th NULL ones, ids above 2^32 and negative."""
+    from datetime import timedelta
+
+    ts = now - timedelta(minutes=5 + d % 30)
+    if d % 6 == 0:
+        return (d, ts, None, None, None, None)
+    if d % 5 == 0:
+        return (d, ts, [], [], [], [])
+    ids = [d * 2**33, -d, 0][: 1 + d % 3]
+    emb = [round(0.1 * ((d + k) % 7) - 0.3, 2) for k in range(4)]
+    return (d, ts, ids, emb, [d / 3, -1e-300, 1e300][: 1 + d % 3], ["Lisbon", "", "Zürich 🚕"][: 1 + d % 3])
 
 
 # Runs inside the Feast venv: `feast apply` and materialize a window into the online store.

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.integration
 DRIVERS, CUSTOMERS = 300, 40
 MISSING_DRIVERS = ["900001", "900002", "900003", "-5", "0"]
 MISSING_CUSTOMERS = ["nobody", "c9999"]
+LIST_FEATURES = {
+    "recent_trip_ids": "list_int64",
+    "embedding": "list_float32",
+    "scores": "list_float64",
+    "zones": "list_string",
+}
 DRIVER_FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips", "rating", "is_active", "city", "last_trip_ts"]
 
 # Runs in the Feast venv: apply + materialize, then record Feast's answers.
@@ -175,6 +181,12 @@ def feast_world(postgres, redis_server, tmp_path_factory):
                 "ids": [f"c{c:04d}" for c in range(1, CUSTOMERS + 1)] + MISSING_CUSTOMERS,
                 "features": ["ltv", "segment"],
             },
+            "driver_lists": {
+                "key": "driver_id",
+                "int": True,
+                "ids": [str(d) for d in range(1, DRIVERS + 1)] + MISSING_DRIVERS,
+                "features": list(LIST_FEATURES),
+            },
         },
         "historical": {
             "driver_hourly_stats": {
@@ -240,7 +252,14 @@ def test_repo_dump_matches_the_definitions(feast_world):
     )
     customer = repo.views["customer_profile"]
     assert customer.ttl_seconds == 0 and customer.source.query.startswith("SELECT customer_id")
-    assert [s["name"] for s in repo.services] == ["driver_activity"]
+    assert sorted(s["name"] for s in repo.services) == ["driver_activity", "recommender"]
+    lists = repo.views["driver_lists"]
+    assert [(f.name, f.value_type) for f in lists.features] == [
+        ("recent_trip_ids", "INT64_LIST"),
+        ("embedding", "FLOAT_LIST"),
+        ("scores", "DOUBLE_LIST"),
+        ("zones", "STRING_LIST"),
+    ]
 
 
 @pytest.mark.parametrize("path", ["pooled", "pipelined"])
@@ -401,7 +420,8 @@ def test_import_feast_drafts_a_plan_that_validates_once_filled(feast_world, tmp_
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed, printed_err = captured.out, captured.err
     assert "2 groups from Feast project 'fsmig_demo'" in printed and "layout: feast" in printed
     with pytest.raises(PlanError) as exc:
         load_plan(out)
@@ -421,7 +441,10 @@ def test_import_feast_drafts_a_plan_that_validates_once_filled(feast_world, tmp_
         ("city", "string"),
         ("last_trip_ts", "timestamp"),
     ]
-    assert driver.models == ("driver_activity",) and "driver_activity" in plan.models
+    assert driver.models == ("driver_activity", "recommender") and "driver_activity" in plan.models
+    # The recommender service reads the list view, which the plan cannot hold yet: said loudly.
+    assert "INCOMPLETE: 4 of 5 features not migrated" in out.read_text()
+    assert "WARNING: model 'recommender'" in printed_err and "driver_lists:embedding" in printed_err
     assert plan.groups["customer_profile"].entity_dtype == "string"
     assert driver.legacy_online.layout == "feast" and driver.ttl == timedelta(days=1)
     assert driver.feature("last_trip_ts").atol == 1  # Feast's online store keeps whole seconds
@@ -536,3 +559,32 @@ def test_point_in_time_reader_names_the_index_it_wants(feast_world, caplog):
     finally:
         with psycopg.connect(feast_world["pg_url"], autocommit=True) as conn:
             conn.execute("DROP INDEX public.fsmig_test_pit")
+
+
+def test_feast_list_values_decode_exactly_as_feast_serves_them(feast_world):
+    """Array(Int64/Float32/Float64/String) features, read from Redis and decoded without Feast."""
+    import redis
+
+    from airflow_fsmigration.stores.feast_codec import decode_list_values, mmh3_field, redis_keys
+
+    repo = feast_world["repo"]
+    view = repo.views["driver_lists"]
+    spec = feast_world["payload"]["online"]["driver_lists"]
+    truth = feast_world["truth"]["online"]["driver_lists"]
+    client = redis.Redis.from_url(feast_world["redis_url"])
+    keys = redis_keys(view, repo.project, spec["ids"])
+    fields = [mmh3_field(view.name, f) for f in LIST_FEATURES]
+    with client.pipeline(transaction=False) as pipe:
+        for k in keys:
+            pipe.hmget(k, fields)
+        replies = pipe.execute()
+    seen = {"empty": 0, "null": 0, "values": 0}
+    for j, (feature, dtype) in enumerate(LIST_FEATURES.items()):
+        column = decode_list_values([r[j] for r in replies], dtype, what=feature).to_pylist()
+        for i, entity in enumerate(spec["ids"]):
+            expected = truth["values"][feature][i]
+            assert column[i] == expected, (entity, feature, column[i], expected)
+            if j == 0 and int(entity) <= fd.LIST_DRIVERS:
+                seen["empty" if expected == [] else "null" if expected is None else "values"] += 1
+    # Empty lists and NULL lists both occur and stay distinct (Feast serves [] and None).
+    assert seen["empty"] and seen["null"] and seen["values"]

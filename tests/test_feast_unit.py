@@ -65,14 +65,21 @@ def enc(**kwargs) -> bytes:
     return Value(**kwargs).SerializeToString()
 
 
-def test_integers_including_negative_int32_and_extremes():
+@pytest.fixture(params=["bulk", "loop"])
+def decoder_path(request, monkeypatch):
+    """Every decoding test runs through both paths: numpy over the column, and the small-batch loop."""
+    monkeypatch.setattr(fc, "SMALL_DECODE", -1 if request.param == "bulk" else 10**9)
+    return request.param
+
+
+def test_integers_including_negative_int32_and_extremes(decoder_path):
     ints = [0, 1, -1, 127, 128, 300, -300, 2**31 - 1, -(2**31), 2**62, 2**63 - 1, -(2**63)]
     raw = [enc(int64_val=v) for v in ints] + [enc(int32_val=v) for v in (5, -5, -(2**31))]
     out = fc.decode_values(raw, "int64")
     assert out.to_pylist() == [*ints, 5, -5, -(2**31)]
 
 
-def test_floats_doubles_and_ints_into_float64():
+def test_floats_doubles_and_ints_into_float64(decoder_path):
     raw = [
         enc(double_val=0.1),
         enc(float_val=0.1),
@@ -87,20 +94,20 @@ def test_floats_doubles_and_ints_into_float64():
     assert math.isnan(fc.decode_values([enc(double_val=math.nan)], "float64")[0].as_py())
 
 
-def test_nulls_absent_fields_and_null_val_are_arrow_nulls():
+def test_nulls_absent_fields_and_null_val_are_arrow_nulls(decoder_path):
     raw = [None, b"", enc(null_val=0), enc(int64_val=3)]
     assert fc.decode_values(raw, "int64").to_pylist() == [None, None, None, 3]
     assert fc.decode_values([None, b"", enc(string_val="x")], "string").to_pylist() == [None, None, "x"]
 
 
-def test_strings_short_long_unicode_and_json():
+def test_strings_short_long_unicode_and_json(decoder_path):
     long = "ü" * 300  # a two-byte length varint
     raw = [enc(string_val=""), enc(string_val="Lisbon"), enc(string_val=long), enc(json_val='{"a": 1}')]
     raw.append(enc(uuid_val="0b1c"))
     assert fc.decode_values(raw, "string").to_pylist() == ["", "Lisbon", long, '{"a": 1}', "0b1c"]
 
 
-def test_bools_and_unix_timestamps():
+def test_bools_and_unix_timestamps(decoder_path):
     assert fc.decode_values([enc(bool_val=True), enc(bool_val=False), None], "bool").to_pylist() == [
         True,
         False,
@@ -111,7 +118,7 @@ def test_bools_and_unix_timestamps():
     assert fc.decode_values(raw, "timestamp").to_pylist() == [when, None]
 
 
-def test_wrong_or_unsupported_types_raise_naming_the_feature():
+def test_wrong_or_unsupported_types_raise_naming_the_feature(decoder_path):
     with pytest.raises(ValueError, match=r"feature 'x'.*int64_list_val|field 14"):
         fc.decode_values([enc(int64_list_val={"val": [1, 2]})], "int64", what="feature 'x'")
     with pytest.raises(ValueError, match="string_val, which a int64 column cannot hold"):
@@ -120,7 +127,7 @@ def test_wrong_or_unsupported_types_raise_naming_the_feature():
         fc.decode_values([enc(int64_val=1) + b"\x00"], "int64")
 
 
-def test_event_timestamps_from_protobuf_timestamp():
+def test_event_timestamps_from_protobuf_timestamp(decoder_path):
     from google.protobuf.timestamp_pb2 import Timestamp
 
     times = [datetime(2026, 11, 25, 1, 2, 3, 456789, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)]

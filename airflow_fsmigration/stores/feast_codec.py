@@ -32,6 +32,8 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_fsmigration.stores.feast_lists import LIST_FIELDS, decode_list_values, varint
+
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
@@ -253,8 +255,12 @@ def decode_values(
 
     from airflow_fsmigration.stores.frames import arrow_type
 
-    if str(dtype) in _LIST_FIELDS:
+    if str(dtype) in LIST_FIELDS:
         return decode_list_values(values, str(dtype), what=what)
+    if len(values) <= SMALL_DECODE:
+        # Serving-sized batches: a plain loop beats numpy's per-call overhead (same rules, tested alike).
+        raw = values.to_pylist() if isinstance(values, pa.Array) else list(values)
+        return pa.array(_decode_few(raw, str(dtype), what), type=arrow_type(dtype))
     arr = values if isinstance(values, pa.Array) else pa.array(values, type=pa.binary())
     n = len(arr)
     target = arrow_type(dtype)
@@ -332,6 +338,85 @@ def decode_values(
     return pa.array(result, type=target, mask=~valid)
 
 
+#: Batches of at most this many values are decoded by :func:`_decode_few` (a loop, no numpy).
+SMALL_DECODE = 256
+
+
+def _decode_few(raw: list[bytes | None], dtype: str, what: str) -> list[Any]:
+    """:func:`decode_values`' rules one value at a time: Python values, None for nulls."""
+    accepts = _ACCEPTS[dtype]
+    out: list[Any] = []
+    for i, value in enumerate(raw):
+        if not value:
+            out.append(None)
+            continue
+        tag, pos = varint(value, 0)
+        number, wire = tag >> 3, tag & 7
+        if number == _F_NULL:
+            out.append(None)
+            continue
+        if number not in accepts:
+            got = _FIELD_NAMES.get(number, f"field {number} (a list, map or struct)")
+            bad = sum(1 for v in raw if v and varint(v, 0)[0] >> 3 not in (*accepts, _F_NULL))
+            raise ValueError(
+                f"{what}: Feast value {i} is a {got}, which a {dtype} column cannot hold "
+                f"({bad} of {len(raw)} values); fix the feature's dtype in the plan"
+            )
+        try:
+            if wire == 2:
+                size, pos = varint(value, pos)
+                item: Any = value[pos : pos + size].decode()
+                pos += size
+            elif wire == 0:
+                item, pos = varint(value, pos)
+                item = item - (1 << 64) if item >= 1 << 63 else item
+            elif wire == 1:
+                item, pos = struct.unpack_from("<d", value, pos)[0], pos + 8
+            elif wire == 5:
+                item, pos = float(struct.unpack_from("<f", value, pos)[0]), pos + 4
+            else:
+                raise ValueError(f"wire type {wire}")
+        except (ValueError, struct.error, UnicodeDecodeError):
+            pos = -1
+        if pos != len(value):
+            raise ValueError(
+                f"{what}: a value is not a single scalar feast.types.Value (first at row {i}); "
+                "is this really Feast's Redis layout?"
+            )
+        if dtype == "timestamp":
+            item = None if item == NULL_TIMESTAMP_INT else item * 1_000_000  # epoch us
+        elif dtype == "bool":
+            item = item != 0
+        elif dtype == "float64":
+            item = float(item)
+        out.append(item)
+    return out
+
+
+def _timestamps_few(raw: list[bytes | None]) -> list[int | None]:
+    """:func:`decode_timestamps`' rule one value at a time: epoch microseconds, None if absent."""
+    out: list[int | None] = []
+    for value in raw:
+        if value is None:
+            out.append(None)
+            continue
+        seconds = nanos = pos = 0
+        while pos < len(value):
+            tag, pos = varint(value, pos)
+            v, pos = varint(value, pos)
+            v = v - (1 << 64) if v >= 1 << 63 else v
+            if tag == 0x08:
+                seconds = v
+            elif tag == 0x10:
+                nanos = v
+            else:
+                raise ValueError(
+                    "a _ts field is not a google.protobuf.Timestamp; is this Feast's Redis layout?"
+                )
+        out.append(seconds * 1_000_000 + nanos // 1000)
+    return out
+
+
 def _validity(valid: np.ndarray) -> pa.Buffer:
     import pyarrow as pa
 
@@ -363,6 +448,10 @@ def decode_timestamps(values: Sequence[bytes | None] | pa.Array) -> tuple[pa.Arr
     found = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     if n == 0:
         return pa.array([], type=pa.timestamp("us", tz="UTC")), found
+    if n <= SMALL_DECODE:
+        return pa.array(_timestamps_few(arr.to_pylist()), type=pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")
+        ), found
     starts, ends, data = _binary_parts(arr)
     seconds = np.zeros(n, dtype=np.int64)
     nanos = np.zeros(n, dtype=np.int64)
@@ -383,111 +472,3 @@ def decode_timestamps(values: Sequence[bytes | None] | pa.Array) -> tuple[pa.Arr
     micros = seconds * 1_000_000 + nanos // 1000
     ts = pa.array(micros, type=pa.int64(), mask=~found).cast(pa.timestamp("us", tz="UTC"))
     return ts, found
-
-
-# ----------------------------------------------------------------------------- list values
-
-# feast.types.Value list fields (each a message with ``repeated <type> val = 1``), by list dtype.
-_LIST_FIELDS = {
-    "list_int64": {13: "varint", 14: "varint"},
-    "list_float32": {15: "f64", 16: "f32"},
-    "list_float64": {15: "f64", 16: "f32"},
-    "embedding": {15: "f64", 16: "f32"},
-    "list_string": {12: "bytes", 33: "bytes", 38: "bytes", 39: "bytes"},
-}
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        value |= (b & 0x7F) << shift
-        pos += 1
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _list_payload(inner: bytes, kind: str) -> list[Any]:
-    """The elements of a ``XxxList`` message (field 1, packed or not)."""
-    out: list[Any] = []
-    pos = 0
-    while pos < len(inner):
-        tag, pos = _varint(inner, pos)
-        if tag >> 3 != 1:
-            raise ValueError(f"unexpected field {tag >> 3} in a list")
-        wire = tag & 7
-        if wire == 2:
-            size, pos = _varint(inner, pos)
-            chunk, pos = inner[pos : pos + size], pos + size
-            if kind == "bytes":
-                out.append(chunk.decode())
-            elif kind == "varint":
-                p = 0
-                while p < len(chunk):
-                    v, p = _varint(chunk, p)
-                    out.append(v - (1 << 64) if v >= 1 << 63 else v)
-            else:
-                fmt, width = ("<d", 8) if kind == "f64" else ("<f", 4)
-                if len(chunk) % width:
-                    raise ValueError("packed floats of a wrong length")
-                out.extend(float(x[0]) for x in struct.iter_unpack(fmt, chunk))
-        elif wire == 0 and kind == "varint":
-            v, pos = _varint(inner, pos)
-            out.append(v - (1 << 64) if v >= 1 << 63 else v)
-        elif wire in (1, 5) and kind in ("f64", "f32"):
-            width = 8 if wire == 1 else 4
-            out.append(float(struct.unpack_from("<d" if wire == 1 else "<f", inner, pos)[0]))
-            pos += width
-        else:
-            raise ValueError(f"wire type {wire} in a {kind} list")
-    if pos != len(inner):
-        raise ValueError("truncated list")
-    return out
-
-
-def decode_list_values(
-    values: Sequence[bytes | None] | pa.Array, dtype: str, *, what: str = "feature"
-) -> pa.Array:
-    """Decode serialized ``feast.types.Value`` list messages into an Arrow list column of ``dtype``.
-
-    ``None``, empty bytes and ``null_val`` are nulls; an empty list message is an empty list
-    (the two stay distinct). A value of another type raises ``ValueError`` naming ``what``. One
-    Python pass per value (lists are rarer and wider than scalars; each list's payload is
-    unpacked with :mod:`struct` at once).
-    """
-    import pyarrow as pa
-
-    accepts = _LIST_FIELDS.get(str(dtype))
-    if accepts is None:
-        raise ValueError(f"{what}: {dtype!r} is not a list dtype")
-    raw = values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else list(values)
-    out: list[list[Any] | None] = []
-    for i, value in enumerate(raw):
-        if not value:
-            out.append(None)
-            continue
-        try:
-            tag, pos = _varint(value, 0)
-            field_no = tag >> 3
-            if field_no == _F_NULL:
-                out.append(None)
-                continue
-            kind = accepts.get(field_no)
-            if kind is None or tag & 7 != 2:
-                got = _FIELD_NAMES.get(field_no, f"field {field_no}")
-                raise ValueError(
-                    f"a {got}, which a {dtype} column cannot hold; fix the feature's dtype in the plan"
-                )
-            size, pos = _varint(value, pos)
-            if pos + size != len(value):
-                raise ValueError("not a single feast.types.Value")
-            out.append(_list_payload(value[pos:], kind))
-        except (ValueError, UnicodeDecodeError, struct.error) as exc:
-            raise ValueError(f"{what}: Feast value {i}: {exc}") from None
-    element = (
-        pa.string() if str(dtype) == "list_string" else pa.int64() if dtype == "list_int64" else pa.float64()
-    )
-    return pa.array(out, type=pa.list_(element))

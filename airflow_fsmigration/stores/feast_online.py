@@ -97,6 +97,7 @@ class FeastLayout:
     def __init__(self, repo: FeastRepo, views: Mapping[str, str]) -> None:
         self.repo = repo
         self.views = dict(views)
+        self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
 
     def view(self, group: FeatureGroup) -> FeastView:
         view = self.repo.view_for_group(self.views, group.name)
@@ -120,8 +121,13 @@ class FeastLayout:
         return redis_key_array(self.view(group), self.repo.project, ids)
 
     def fields(self, group: FeatureGroup) -> list[bytes]:
-        view = self.view(group)
-        return [mmh3_field(view.name, f) for f in self.feast_features(group)] + [self.ts_field(group)]
+        # Memoised per group (frozen plan objects): serving-sized reads ask for them on every call.
+        key = (group.name, tuple(group.feature_names))
+        if key not in self._fields:
+            view = self.view(group)
+            names = self.feast_features(group)
+            self._fields[key] = [mmh3_field(view.name, f) for f in names] + [self.ts_field(group)]
+        return self._fields[key]
 
     def match_pattern(self, group: FeatureGroup) -> str:
         # The fixed bytes of a v3 key are ASCII (small little-endian integers and the key name).
