@@ -11,6 +11,11 @@
 Runs once: when RisingWave already holds ``raw.transactions`` rows it does nothing
 (``FSMIG_SEED_FORCE=1`` regenerates). Sizes: ``FSMIG_SEED_ENTITIES`` (users, default 20000),
 ``FSMIG_SEED_DAYS`` (default 90). URLs come from the plan's ``AIRFLOW_CONN_*`` variables.
+
+``--legacy-pipeline``: instead, play the old feature pipeline that keeps the legacy online store
+fresh: every ``FSMIG_LEGACY_REFRESH_S`` seconds (default 300) recompute every group as of now from
+the raw events and rewrite its Redis hashes. RisingWave's views follow the wall clock; without
+this the legacy values would stay at the seed time and drift from them window by window.
 """
 
 from __future__ import annotations
@@ -96,12 +101,39 @@ def mirror_raw(events_url: str, rw_url: str) -> dict[str, int]:
     return counts
 
 
+def legacy_pipeline(plan: object) -> int:
+    """Rewrite the legacy online store as of now, forever (the old pipeline the migration replaces)."""
+    from datetime import UTC, datetime
+
+    import redis
+
+    from fsmig_dev.demo.data import write_online_store
+
+    c = plan.connections  # type: ignore[attr-defined]
+    every = float(os.environ.get("FSMIG_LEGACY_REFRESH_S", "300"))
+    while True:
+        t0 = time.perf_counter()
+        client = redis.Redis.from_url(url(c.legacy_online))
+        try:
+            with psycopg.connect(url(c.event_log), autocommit=True) as events:
+                counts = write_online_store(
+                    events, client, plan, now=datetime.now(UTC).replace(microsecond=0)
+                )  # type: ignore[arg-type]
+        finally:
+            client.close()
+        took = time.perf_counter() - t0
+        log.info("legacy online store refreshed in %.0fs: %s", took, counts)
+        time.sleep(max(1.0, every - took))
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s seed: %(message)s")
     from airflow_fsmigration.plan import load_plan
     from fsmig_dev.demo.data import generate_demo
 
     plan = load_plan(PLAN)
+    if "--legacy-pipeline" in sys.argv[1:]:
+        return legacy_pipeline(plan)
     c = plan.connections
     rw_url = url(c.new_store)
     if already_seeded(rw_url) and os.environ.get("FSMIG_SEED_FORCE") != "1":
