@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from airflow_fsmigration.stores.risingwave_lint import entity_key_leads_pk, lint_sql
+from airflow_fsmigration.stores.risingwave_rewrite import rewrite_windows
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_PLAN = REPO / "include" / "demo_plan"
@@ -90,3 +91,21 @@ def test_or_with_a_plain_condition_is_allowed_and_the_entity_key_pk():
     other = "SELECT u.region, count(*) AS n FROM raw.u AS u GROUP BY u.region"
     assert entity_key_leads_pk(other, "id") is False
     assert any("primary-key prefix" in m for _, _, m in lint_sql(other, "id"))
+
+
+@pytest.mark.unit
+def test_the_rewrite_is_offered_only_for_the_shape_it_is_exact_for():
+    assert rewrite_windows(WINDOWS).count("LEFT JOIN") == 1
+    having = WINDOWS.replace("GROUP BY t.user_id", "GROUP BY t.user_id HAVING count(*) > 1")
+    positional = WINDOWS.replace("GROUP BY t.user_id", "GROUP BY 1")
+    ored = WINDOWS.replace("interval '1 hour')", "interval '1 hour' OR t.amount > 5)")
+    plain = "SELECT t.user_id, count(*) AS n FROM raw.t AS t WHERE t.ts > :as_of - interval '1 day' GROUP BY t.user_id"
+    for sql in (having, positional, ored, plain):
+        assert rewrite_windows(sql) is None, sql
+    unqualified = (
+        "SELECT user_id, count(*) FILTER (WHERE ts > :as_of - interval '1 hour') AS n_1h, count(*) AS n\n"
+        "FROM raw.t WHERE ts > :as_of - interval '1 day' GROUP BY user_id"
+    )
+    out = rewrite_windows(unqualified)
+    assert out is not None and "COALESCE(w1.n_1h, 0) AS n_1h" in out and ":as_of - INTERVAL '1 HOUR'" in out
+    assert lint_sql(out, "user_id") == []

@@ -71,18 +71,30 @@ def _lint_risingwave(plan: Any, rewrites: Path | None) -> list[str] | None:
     else the lines to print after the waves (warnings, rewrites written)."""
     import sys
 
+    from airflow_fsmigration.plan.definitions import DefinitionError
     from airflow_fsmigration.stores.risingwave_lint import lint_plan
     from airflow_fsmigration.stores.risingwave_rewrite import rewrite_windows
+
+    def rewrite(group: str) -> str | None:
+        try:
+            return rewrite_windows(plan.definition_sql(group))
+        except DefinitionError:
+            return None
 
     findings = lint_plan(plan)
     errors = [f for f in findings if f.severity == "error"]
     lines = [f"warning: {f}" for f in findings if f.severity != "error"]
-    if rewrites is None and any("FILTER" in f.message for f in errors):
-        lines.append("fsmigrate validate PLAN --rewrites DIR writes the mechanical rewrites where one exists")
+    if rewrites is None:
+        offered = sorted(g for g in {f.group for f in errors} if rewrite(g) is not None)
+        if offered:
+            lines.append(
+                f"a mechanical rewrite exists for {', '.join(offered)}: "
+                f"fsmigrate validate {plan.source_dir} --rewrites DIR writes it"
+            )
     if rewrites is not None:
         rewrites.mkdir(parents=True, exist_ok=True)
         for group in sorted({f.group for f in errors}):
-            text = rewrite_windows(plan.definition_sql(group))
+            text = rewrite(group)
             if text is not None:
                 (rewrites / f"{group}.sql").write_text(text)
                 lines.append(

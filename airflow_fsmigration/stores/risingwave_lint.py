@@ -212,8 +212,8 @@ def lint_sql(sql: str, entity_key: str | None = None) -> list[tuple[int | None, 
                     line,
                     "error",
                     f":as_of inside an aggregate FILTER (WHERE ...){named}: RisingWave accepts NOW() only in "
-                    "temporal filters in WHERE/HAVING; rewrite: one temporal-filtered subquery per window "
-                    "joined on the group key (fsmigrate validate --rewrites DIR writes it)",
+                    "temporal filters in WHERE/HAVING; write one temporal-filtered subquery per window, "
+                    "joined on the group key",
                 )
             )
         elif where == "select":

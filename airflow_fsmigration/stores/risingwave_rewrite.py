@@ -74,6 +74,8 @@ def _rewrite_select(select: Any) -> Any | None:
     if select.args.get("order") or select.args.get("limit") or select.find(exp.Window):
         return None
     keys = list(group.expressions)
+    if any(isinstance(k, exp.Literal) for k in keys):
+        return None  # GROUP BY 1: positions would point at other columns in the subqueries
     key_sql = [k.sql() for k in keys]
     projections = [p.copy() for p in select.expressions]
     windows: dict[tuple[str, ...], list[tuple[str, Any]]] = {(): []}
