@@ -27,6 +27,7 @@ _LAZY = {
     "bake_windows": "bake",
     "bake_decision": "bake",
     "record_metric": "metrics",
+    "record_scores": "metrics",
     "ensure_metrics_schema": "metrics",
     "warm_window": "keepwarm",
     "keep_warm_decision": "keepwarm",

@@ -1,15 +1,26 @@
 """Bake gate: after each ramp step, hold the plan's rollback triggers against what happened.
 
-Two kinds of evidence, both compared with the plan's ``rollback_triggers`` of the group:
+Concurrent control first (issue 16): the ramp itself gives a control, the entities still on the
+old store, served over the same window, so time-of-day and drift hit both sides alike.
 
-* model metrics (:mod:`.metrics`: model, metric, value, ts, cohort) of the models that use
-  the group, AUC and precision at threshold, mean over the bake window vs the pre-ramp baseline,
-  as a relative drop in percent;
-* the routers' serving stats, given by the caller (``read_stats``; the triggers pass
-  ``serving.stats.read_window``): p99 of the new store vs the old one, and the new store's error
-  rate, counting reads its open circuit breaker turned away as failed.
+* model AUC (:mod:`.metrics` ``model_scores``: labelled predictions per cohort): the ramped
+  cohort against its control over the bake window, paired on the same labels when the
+  predictions carry the old-store shadow score (DeLong), else ramped vs not-ramped cohorts;
+  the interval is a confidence sequence (:mod:`.stats`), so the sensor may check it every poll;
+  the margin is the plan's ``auc_drop_pct`` of the control's AUC; fail only when the drop is
+  above the margin with confidence, pass only when it is below, with at least the minimum
+  evidence the margin needs (:func:`.stats.auc_min_positives`);
+* serving latency (the routers' stats, ``read_stats``): the new store's reads against the old
+  store's in the same window (the not-ramped entities), a Hodges-Lehmann shift and a p99
+  increase with intervals against the plan's ``p99_latency_increase_ms`` tolerance;
+* the new store's error rate, counting reads its open circuit breaker turned away as failed:
+  any rate above the trigger fails (errors are evidence at any volume).
 
-Any breach is a ``fail`` (roll back). Otherwise anything missing (no metrics yet, labels not
+Before/after stays as the secondary check: model metrics without a cohort (``model_metrics``
+rows, cohort ``'all'``) compare the bake window's mean with the pre-ramp baseline as a relative
+drop; at 100% with no old-store reads in the window, latency is compared with the pre-ramp
+window. Every decision (metric, cohort sizes, estimate, interval, margin, decision) is in
+``details["decisions"]`` and in the reason. Anything missing (no metrics yet, labels not
 arrived, too few requests, a store that did not answer) is ``inconclusive``: wait, then call a
 person. A gate never passes on evidence it did not see, and :func:`bake_decision` passes only
 once the whole bake window has elapsed.
@@ -18,6 +29,7 @@ once the whole bake window has elapsed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -25,7 +37,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from airflow_fsmigration.gates.check import FAIL, PASS, WAIT, GateCheck
-from airflow_fsmigration.gates.metrics import AUC, PRECISION, ensure_metrics_schema, window_means
+from airflow_fsmigration.gates.metrics import (
+    AUC,
+    PRECISION,
+    ensure_metrics_schema,
+    window_means,
+    window_scores,
+)
+from airflow_fsmigration.gates.stats import DEFAULT_ALPHA, Decision
+from airflow_fsmigration.gates.stats_gate import MetricDecision, auc_check, hist_sample, latency_check
 
 if TYPE_CHECKING:
     from airflow_fsmigration.plan.model import MigrationPlan
@@ -83,7 +103,10 @@ class GateResult:
             return f"bake of group '{group}' is INCONCLUSIVE (wait, then ask a person): " + "; ".join(
                 self.missing
             )
-        return f"bake of group '{group}' passed: every rollback trigger held"
+        lines = [d["line"] for d in self.details.get("decisions", [])]
+        return f"bake of group '{group}' passed: every rollback trigger held" + (
+            ": " + "; ".join(lines) if lines else ""
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +130,7 @@ def evaluate_bake(
     baseline_cohort: str | None = None,
     min_requests: int = 100,
     min_metric_points: int = 1,
+    alpha: float = DEFAULT_ALPHA,
 ) -> GateResult:
     """Evaluate the group's rollback triggers over the bake window against the pre-ramp baseline.
 
@@ -120,6 +144,7 @@ def evaluate_bake(
     :param baseline_cohort: same for the baseline window.
     :param min_requests: fewer new-store reads than this in the window is inconclusive for p99.
     :param min_metric_points: fewer labelled metric points than this in a window is inconclusive.
+    :param alpha: error rate of the always-valid intervals (they hold at every check at once).
     """
     if group not in plan.groups:
         raise KeyError(
@@ -136,6 +161,7 @@ def evaluate_bake(
         "triggers": triggers.model_dump(),
     }
 
+    decisions: list[MetricDecision] = []
     # -- model metrics ----------------------------------------------------------------------
     models = list(g.models)
     metric_names = [AUC, PRECISION]
@@ -157,6 +183,11 @@ def evaluate_bake(
             )
             bake, base = {}, {}
             models = []
+        try:
+            scores = window_scores(metrics_conn, models, bake_start, bake_end) if models else {}
+        except Exception as exc:
+            missing.append(f"model scores could not be read: {type(exc).__name__}: {exc}")
+            scores = {}
         for model in models:
             md: dict[str, Any] = {}
             model_details[model] = md
@@ -173,6 +204,14 @@ def evaluate_bake(
                 }
                 if limit is None:
                     continue  # not a trigger for this plan; shown for information
+                if metric == AUC:
+                    cohorts = {c: v for (m, c), v in scores.items() if m == model}
+                    dec = auc_check(model, cohorts, limit, alpha=alpha) if cohorts else None
+                    if dec is not None:
+                        _concurrent(
+                            md[metric], dec, model, limit, b_mean, r_mean, decisions, breaches, missing
+                        )
+                        continue
                 if b_n < min_metric_points or b_mean is None:
                     pending = f", {b_all - b_n} scored but not labelled yet" if b_all > b_n else ""
                     missing.append(
@@ -260,7 +299,33 @@ def evaluate_bake(
                 increase = new.p99_ms - ref.p99_ms
                 serving["p99_increase_ms"] = increase
                 serving["p99_reference"] = ref_name
-                if increase > triggers.p99_latency_increase_ms:
+                new_s, ref_s = hist_sample(new), hist_sample(ref)
+                if new_s is not None and ref_s is not None:
+                    dec = latency_check(
+                        new_s,
+                        ref_s,
+                        triggers.p99_latency_increase_ms,
+                        reference=ref_name,
+                        min_requests=min_requests,
+                        alpha=alpha,
+                    )
+                    decisions.append(dec)
+                    serving["latency"] = dec.as_dict()
+                    if dec.decision is Decision.FAIL:
+                        breaches.append(
+                            Breach(
+                                trigger="p99_latency_increase_ms",
+                                observed=increase,
+                                threshold=triggers.p99_latency_increase_ms,
+                                message=(
+                                    f"new store p99 {new.p99_ms:.2f} ms is {increase:.2f} ms above the old store's "
+                                    f"{ref.p99_ms:.2f} ms ({ref_name}): {dec.line()}"
+                                ),
+                            )
+                        )
+                    elif dec.decision is Decision.INCONCLUSIVE:
+                        missing.append(dec.line())
+                elif increase > triggers.p99_latency_increase_ms:
                     breaches.append(
                         Breach(
                             trigger="p99_latency_increase_ms",
@@ -274,6 +339,7 @@ def evaluate_bake(
                     )
 
     details["missing"] = missing
+    details["decisions"] = [d.as_dict() for d in decisions]
     if breaches:
         outcome = Outcome.FAIL
     elif missing:
@@ -283,6 +349,39 @@ def evaluate_bake(
     result = GateResult(outcome=outcome, breaches=breaches, details=details)
     (log.info if outcome is Outcome.PASS else log.warning)("%s", result.summary())
     return result
+
+
+def _concurrent(
+    md: dict[str, Any],
+    dec: MetricDecision,
+    model: str,
+    limit: float,
+    b_mean: float | None,
+    r_mean: float | None,
+    decisions: list[MetricDecision],
+    breaches: list[Breach],
+    missing: list[str],
+) -> None:
+    """Record a concurrent-control AUC decision; before/after stays beside it, not deciding."""
+    md["concurrent"] = dec.as_dict()
+    md["decided_by"] = "concurrent control"
+    if b_mean is not None and r_mean:
+        md["drop_pct"] = (r_mean - b_mean) / r_mean * 100.0
+        md["before_after_note"] = "secondary check (time changes metrics too): shown, not deciding"
+    decisions.append(dec)
+    if dec.decision is Decision.FAIL:
+        ref = float(dec.extra.get("auc_control") or 1.0)
+        breaches.append(
+            Breach(
+                trigger="auc_drop_pct",
+                observed=dec.interval.estimate / ref * 100.0 if dec.interval else math.nan,
+                threshold=limit,
+                model=model,
+                message=dec.line(),
+            )
+        )
+    elif dec.decision is Decision.INCONCLUSIVE:
+        missing.append(dec.line())
 
 
 def _stats_dict(st: Any) -> dict[str, Any]:
