@@ -240,3 +240,44 @@ def test_plain_views_for_clock_dependent_groups_and_refusals_before_sending(tmp_
         store.deploy("merchant_stats")  # refused before any connection is opened
     with pytest.raises(DeployError, match="RisingWave would refuse"):
         store.start_deploy("merchant_stats")
+
+
+@pytest.mark.integration
+def test_a_rebuilt_view_is_swapped_only_when_it_agrees_with_the_old_store(pg_url, redis_url, tmp_path):
+    """The pre-swap shadow comparison, on Postgres: the build is read as <group>__fsmig_build."""
+    from datetime import UTC, datetime
+
+    import psycopg
+    import redis
+
+    from airflow_fsmigration.operators.store import compare_build
+    from airflow_fsmigration.plan import load_plan
+    from airflow_fsmigration.stores.new_store import NewStore
+    from fsmig_dev.demo.data import freeze_clock, generate_raw, write_online_store
+
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    plan = load_plan(REPO / "include" / "demo_plan")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        generate_raw(conn, plan, entities=100, days=35, seed=0.3, now=now)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            write_online_store(conn, client, plan, now=now)
+        finally:
+            client.close()
+        freeze_clock(conn, now)
+    group = "merchant_stats"
+    with NewStore(pg_url, plan, "fsmig_new_store") as store:
+        store.deploy(group)
+    body = plan.definition_sql(group).replace(":as_of", "now()")
+    build = sql.Identifier("features", build_name(group))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(build, sql.SQL(body)))
+    same = compare_build(plan, group, online_url=redis_url, new_url=pg_url)
+    assert same["swap"] and same["against_old"] == "pass" and same["against_live"] == "pass", same["summary"]
+    wrong = body.replace(
+        "coalesce(x24.merchant_txn_count_24h, 0)", "coalesce(x24.merchant_txn_count_24h, 0) + 1"
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(build, sql.SQL(wrong)))
+    moved = compare_build(plan, group, online_url=redis_url, new_url=pg_url)
+    assert not moved["swap"] and moved["against_old"] == "fail" and moved["against_live"] == "fail", moved

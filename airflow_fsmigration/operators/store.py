@@ -79,14 +79,31 @@ class DeployDefinitionOperator(FsMigrationBaseOperator):
         }
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        """Back from the trigger: swap a rebuilt view in, index the entity key, check the columns."""
+        """Back from the trigger: shadow-check a rebuilt view, swap it in, index, check the columns."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_fsmigration.operators._runtime import new_store
+        from airflow_fsmigration.stores.dialect import build_name
 
         if not event or event.get("status") != "done":
             reason = (event or {}).get("reason", "the progress trigger ended without an event")
             raise AirflowFailException(f"group {self.group}: the new store's build did not finish: {reason}")
+        pre_swap: dict[str, Any] = {}
+        if event.get("target") == build_name(self.group):
+            checks = compare_build(
+                self.plan,
+                self.group,
+                online_url=self.hook.redis_url(),
+                new_url=self.hook.postgres_url("new_store"),
+            )
+            log.info("group %s: %s", self.group, checks["summary"])
+            if not checks["swap"]:
+                self._close()
+                raise AirflowFailException(
+                    f"group {self.group}: the rebuilt view {build_name(self.group)} was not swapped in, the live "
+                    f"view keeps serving: {checks['summary']}. Fix the definition and deploy again with redefine."
+                )
+            pre_swap = {"pre_swap": checks}
         from airflow_fsmigration.operators.base import to_json
 
         try:
@@ -96,7 +113,44 @@ class DeployDefinitionOperator(FsMigrationBaseOperator):
         finally:
             self._close()
         log.info("group %s: %s", self.group, event.get("reason"))
-        return to_json({**result, "polls": event.get("polls")}, self.hook)
+        return to_json({**result, **pre_swap, "polls": event.get("polls")}, self.hook)
+
+
+def compare_build(
+    plan: MigrationPlan, group: str, *, online_url: str, new_url: str, sample_size: int | None = None
+) -> dict[str, Any]:
+    """Shadow-compare a rebuilt view (``<group>__fsmig_build``) with the old store, and with the live view.
+
+    ``swap`` only when the comparison with the legacy online store passed (a fail or an
+    inconclusive run keeps the live view). The comparison with the live view measures how far the
+    new definition moves the values; it is reported, not gated on (moving values is the point of
+    a redefinition). Neither is recorded in the soak series: the build is not what serves yet.
+    """
+    from airflow_fsmigration.compare.shadow import run_shadow
+    from airflow_fsmigration.stores.new_store import NewStore
+    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+    from airflow_fsmigration.stores.risingwave_shadow import BuildView
+
+    conn_id = plan.connections.new_store
+    old = RedisOnlineSource(online_url, plan, conn_id=plan.connections.legacy_online)
+    try:
+        with BuildView(new_url, plan, group, conn_id) as build, NewStore(new_url, plan, conn_id) as live:
+            against_old = run_shadow(plan, group, old, build, sample_size=sample_size)
+            against_live = run_shadow(plan, group, live, build, sample_size=sample_size, diagnose=False)
+    finally:
+        close = getattr(old, "close", None)
+        if close is not None:
+            close()
+    swap = str(against_old.verdict) == "pass"
+    return {
+        "swap": swap,
+        "against_old": str(against_old.verdict),
+        "against_live": str(against_live.verdict),
+        "summary": (
+            f"rebuilt view vs the old store: {against_old.verdict} ({against_old.summary()}); "
+            f"vs the live view: {against_live.verdict} ({against_live.summary()})"
+        ),
+    }
 
 
 def schema_parity(plan: MigrationPlan, group: str, hook: MigrationHook, *, run_id: str) -> dict[str, Any]:

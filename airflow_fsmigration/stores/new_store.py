@@ -65,8 +65,12 @@ class NewStore(_pg.AdbcReader):
 
         return connect_postgres(self.conn_id, self.url, autocommit=True)
 
+    def relation(self, group: str) -> str:
+        """The relation holding a group's values: its live view (a build's twin in a subclass)."""
+        return group
+
     def view(self, group: FeatureGroup | str) -> pgsql.Identifier:
-        return _pg.qualified(self.plan.view_name(self._group(group).name))
+        return _pg.qualified(f"{self.schema}.{self.relation(self._group(group).name)}")
 
     def _fetch(self, query: str, params: Sequence[Any] | None) -> pa.Table:
         conn = self._arrow()
@@ -232,7 +236,7 @@ class NewStore(_pg.AdbcReader):
                 rows = conn.execute(
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                    (self.schema, g.name),
+                    (self.schema, self.relation(g.name)),
                 ).fetchall()
             if not rows:
                 raise DeployError(
