@@ -59,6 +59,9 @@ if RW_URL:
         (plan_dir / "new_store.yaml").write_text(f"new_store: {{dialect: risingwave, schema: {schema}}}\n")
         for path in (plan_dir / "sql").glob("*.sql"):
             path.write_text(path.read_text().replace("raw.", f"{raw}."))
+        pg_dir = plan_dir.parent / "plan_pg"  # the same definitions on Postgres (no FLUSH there)
+        shutil.copytree(plan_dir, pg_dir)
+        (pg_dir / "new_store.yaml").write_text(f"new_store: {{dialect: postgres, schema: {schema}}}\n")
         now = datetime.now(UTC).replace(microsecond=0)
         with psycopg.connect(RW_URL, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {raw}")
@@ -66,7 +69,7 @@ if RW_URL:
             with conn.cursor() as cur:
                 cur.executemany(f"INSERT INTO {raw}.transactions VALUES (%s, %s, %s, %s, %s, %s)", _rows(now))
             conn.execute("FLUSH")
-        yield load_plan(plan_dir), schema, raw, now
+        yield load_plan(plan_dir), schema, raw, load_plan(pg_dir)
         with psycopg.connect(RW_URL, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.execute(f"DROP SCHEMA IF EXISTS {raw} CASCADE")
@@ -91,7 +94,7 @@ if RW_URL:
         from airflow_fsmigration.stores.new_store import NewStore
         from airflow_fsmigration.stores.risingwave_lint import lint_sql
 
-        plan, schema, _raw, _now = rw_world
+        plan, schema, _raw, _pg_plan = rw_world
         assert [m for _, sev, m in lint_sql(plan.definition_sql(GROUP)) if sev == "error"] == []
         with NewStore(RW_URL, plan, "fsmig_new_store") as store:
             target = store.start_deploy(GROUP)
@@ -105,7 +108,7 @@ if RW_URL:
     def test_flush_then_read_equals_the_definition_on_postgres(rw_world, pg_url):
         from airflow_fsmigration.stores.new_store import NewStore
 
-        plan, _schema, raw, _now = rw_world
+        plan, _schema, raw, pg_plan = rw_world
         with psycopg.connect(pg_url, autocommit=True) as pg:
             pg.execute(f"CREATE SCHEMA {raw}")
             pg.execute(TXN_DDL.format(t=f"{raw}.transactions"))
@@ -117,7 +120,7 @@ if RW_URL:
         with NewStore(RW_URL, plan, "fsmig_new_store") as rw_store:
             clock = rw_store.clock()
             live = rw_store.read(GROUP, ids).sort_by("entity_id")
-        with NewStore(pg_url, plan, "fsmig_new_store") as pg_store:
+        with NewStore(pg_url, pg_plan, "fsmig_new_store") as pg_store:
             expected = pg_store.read_as_of(GROUP, ids, clock).sort_by("entity_id")
         # windows of 1 h may move an event across the bound between the two clocks: compare the 7-day columns
         for column in ("entity_id", "txn_count_7d", "txn_amount_max_7d", "distinct_merchants_7d"):
@@ -129,7 +132,7 @@ if RW_URL:
         from airflow_fsmigration.stores.dialect import build_name, previous_name
         from airflow_fsmigration.stores.new_store import NewStore
 
-        plan, schema, _raw, _now = rw_world
+        plan, schema, _raw, _pg_plan = rw_world
         with NewStore(RW_URL, plan, "fsmig_new_store") as store:
             assert store.start_deploy(GROUP) is None  # live and not redefined: nothing to do
             target = store.start_deploy(GROUP, redefine=True)

@@ -187,10 +187,17 @@ def parse_progress(text: str | None) -> tuple[float | None, int | None, int | No
 
 
 def statement_builds(statement: str, schema: str, name: str) -> bool:
-    """Whether a ``ddl_statement`` creates ``schema.name`` (quoted or not, any case)."""
+    """Whether a ``ddl_statement`` creates ``schema.name`` (quoted or not, any case).
+
+    The view is the name after ``CREATE MATERIALIZED VIEW [IF NOT EXISTS]``; a statement that
+    names it without its schema (if RisingWave records it so) matches the bare name.
+    """
     flat = " ".join(statement.replace('"', "").split()).lower()
-    target = f"{schema}.{name}".lower()
-    return re.search(rf"(^|[\s(]){re.escape(target)}([\s(]|$)", flat) is not None
+    found = re.match(r"create\s+materialized\s+view\s+(?:if\s+not\s+exists\s+)?([^\s(]+)", flat)
+    if found is None:
+        return False
+    created = found.group(1)
+    return created == f"{schema}.{name}".lower() or created == name.lower()
 
 
 POSTGRES = StoreDialect("postgres", materialized=False, transactional_ddl=True, flush_before_read=False)
