@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,20 +195,23 @@ def _risingwave_plan(tmp_path: Path, *, before: bool) -> Path:
     return plan_dir
 
 
-def _validate(plan_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow_fsmigration.cli", "validate", str(plan_dir), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _validate(
+    plan_dir: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``fsmigrate validate`` in this process (the CLI's own main: exit code, stdout, stderr)."""
+    from airflow_fsmigration.cli import main
+
+    capsys.readouterr()
+    code = main(["validate", str(plan_dir), *extra])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["fsmigrate", "validate"], code, out.out, out.err)
 
 
 @pytest.mark.unit
-def test_validate_flags_the_old_forms_with_file_and_line_and_writes_rewrites(tmp_path):
+def test_validate_flags_the_old_forms_with_file_and_line_and_writes_rewrites(tmp_path, capsys):
     plan_dir = _risingwave_plan(tmp_path, before=True)
     out = tmp_path / "rewrites"
-    run = _validate(plan_dir, "--rewrites", str(out))
+    run = _validate(plan_dir, capsys, "--rewrites", str(out))
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     for where in (
@@ -225,7 +227,7 @@ def test_validate_flags_the_old_forms_with_file_and_line_and_writes_rewrites(tmp
 
 
 @pytest.mark.unit
-def test_the_new_forms_pass_and_the_clock_dependent_groups_are_plain_views(tmp_path):
+def test_the_new_forms_pass_and_the_clock_dependent_groups_are_plain_views(tmp_path, capsys):
     """account_age_days = floor((:as_of - created_at) / 1 day) has no streaming form: on RisingWave
     user_profile, and the groups reading it, are plain views computed at read time (warnings)."""
     from airflow_fsmigration.stores.risingwave_lint import read_time_groups
@@ -235,7 +237,7 @@ def test_the_new_forms_pass_and_the_clock_dependent_groups_are_plain_views(tmp_p
     assert [f for f in findings if f.severity == "error"] == []
     assert read_time_groups(plan) == {"user_profile", "user_risk_profile", "fraud_decision_features"}
     assert {f.group for f in findings} == read_time_groups(plan)
-    run = _validate(plan.source_dir)
+    run = _validate(plan.source_dir, capsys)
     assert run.returncode == 0, run.stderr
     assert "user_profile.sql:32: groups.user_profile.definition: :as_of in the SELECT list" in run.stdout
     assert "risingwave: every definition is a query RisingWave accepts (3 as plain views" in run.stdout

@@ -20,6 +20,7 @@ No Airflow import: ``fsmigrate validate`` and the deploy use it alike.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,12 @@ def _comparison_of(now: Any, clause: Any) -> tuple[Any | None, bool]:
 
 def lint_sql(sql: str, entity_key: str | None = None) -> list[tuple[int | None, str, str]]:
     """(line, severity, message) for each problem of one definition in a RisingWave streaming view."""
+    return list(_lint_sql(sql, entity_key))
+
+
+@functools.lru_cache(maxsize=256)
+def _lint_sql(sql: str, entity_key: str | None) -> tuple[tuple[int | None, str, str], ...]:
+    # cached: validate, the deploy and read_time_groups ask this of the same few definitions
     from sqlglot import exp
 
     tree = _parse(sql)
@@ -297,7 +304,7 @@ def lint_sql(sql: str, entity_key: str | None = None) -> list[tuple[int | None, 
                 "view's primary-key prefix: point lookups need the index the deploy creates on it",
             )
         )
-    return out
+    return tuple(out)
 
 
 def entity_key_leads_pk(sql: str, entity_key: str) -> bool | None:
