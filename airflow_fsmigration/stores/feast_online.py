@@ -215,17 +215,21 @@ def stale_rows(frame: pa.Table, ttl_seconds: int, now: datetime) -> pa.Table:
     ``event_timestamp >= as_of - ttl``, so only an age strictly above the TTL is stale.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if not ttl_seconds or frame.num_rows == 0:
         return _stale_schema().empty_table()
     now_us = int(now.timestamp()) * 1_000_000 + now.microsecond
-    ts = frame.column(SOURCE_TS).cast(pa.int64())
-    age_us = pc.subtract(pa.scalar(now_us, pa.int64()), ts)
-    mask = pc.greater(age_us, pa.scalar(ttl_seconds * 1_000_000, pa.int64()))
-    age_s = pc.divide(age_us.cast(pa.float64()), 1e6)
+    age_us = now_us - frame.column(SOURCE_TS).cast(pa.int64()).to_numpy()  # _source_ts is never null
+    mask = age_us > ttl_seconds * 1_000_000
+    if not mask.any():
+        return _stale_schema().empty_table()
+    keep = pa.array(mask)
     return pa.Table.from_arrays(
-        [frame.column(ENTITY).filter(mask), frame.column(SOURCE_TS).filter(mask), age_s.filter(mask)],
+        [
+            frame.column(ENTITY).filter(keep),
+            frame.column(SOURCE_TS).filter(keep),
+            pa.array(age_us[mask] / 1e6),
+        ],
         schema=_stale_schema(),
     )
 
@@ -384,8 +388,8 @@ class FeastRedisOnlineSource(RedisOnlineSource):
             raise
         finally:
             pool.release(conn)
-        nested = pa.array(replies, type=pa.list_(pa.binary()))
-        columns = [pc.list_element(nested, j) for j in range(len(fields))]
+        # Columns as Python lists: the small-batch decoders loop over them (no Arrow nesting).
+        columns: list[Any] = [list(c) for c in zip(*replies, strict=True)]
         return self.feast.decode(g, ids, columns)
 
     def read(self, group: FeatureGroup | str, entity_ids: Sequence[str] | pa.Array) -> pa.Table:
