@@ -588,3 +588,18 @@ def test_feast_list_values_decode_exactly_as_feast_serves_them(feast_world):
                 seen["empty" if expected == [] else "null" if expected is None else "values"] += 1
     # Empty lists and NULL lists both occur and stay distinct (Feast serves [] and None).
     assert seen["empty"] and seen["null"] and seen["values"]
+
+
+def test_an_offline_read_of_entities_the_source_never_held_is_inconclusive(feast_world):
+    from airflow_fsmigration.connections import StoreUnavailable
+    from airflow_fsmigration.stores.feast_offline import FeastPostgresOfflineSource
+
+    repo, now = feast_world["repo"], feast_world["now"]
+    group = _group(repo, "driver_hourly_stats")
+    with FeastPostgresOfflineSource(feast_world["pg_url"], repo, conn_id="feast_offline") as source:
+        # Driver 7's newest row is past the 1-day TTL: no row now, and that is an answer.
+        assert source.read_as_of(group, ["7", "14"], now).num_rows == 0
+        with pytest.raises(
+            StoreUnavailable, match=r"none of the 3 spine rows found a row in public\.driver_stats"
+        ):
+            source.read_as_of(group, ["900001", "900002", "900003"], now)

@@ -198,12 +198,45 @@ class FeastPostgresOfflineSource(PostgresOfflineSource):
             frame = conform(raw.drop_columns([ROW, AS_OF]), g)
             head = [raw.column(ROW).cast(pa.int64()), raw.column(AS_OF).cast(pa.timestamp("us", tz="UTC"))]
             frames.append(pa.Table.from_arrays(head + frame.columns, names=names))
+        if len(ids) and not sum(f.num_rows for f in frames):
+            self._check_any_entity(g, view, key_type, len(ids))
         if not frames:
             schema = pa.schema(
                 [pa.field(ROW, pa.int64()), pa.field(AS_OF, pa.timestamp("us", tz="UTC")), *feature_schema(g)]
             )
             return schema.empty_table()
         return pa.concat_tables(frames)
+
+    def _check_any_entity(self, g: FeatureGroup, view: FeastView, key_type: str, asked: int) -> None:
+        """After a read of no rows: does the source hold any row of the (last chunk's) entities at all?
+
+        Rows outside the TTL or after the spine times are an answer; a source with none of the
+        entities is a plan that does not describe it (key column, source, project): inconclusive.
+        """
+        from psycopg import sql
+
+        from airflow_fsmigration.stores.feast_online import FeastLayoutMismatch
+
+        src = view.source
+        assert src is not None
+        key = src.column_for(view.join_keys[0].name)
+        query = sql.SQL(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM {} WHERE src.{} IN (SELECT {} FROM {}) LIMIT 1) x"
+        ).format(
+            self._from(view),
+            _pg.ident(key),
+            sql.SQL("eid_int" if key_type == "bigint" else "eid_str"),
+            sql.Identifier(SPINE_TABLE),
+        )
+        if self._fetch(query, None).column("n")[0].as_py():
+            return
+        where = src.table or f"the query of source '{src.name}'"
+        raise FeastLayoutMismatch(
+            self.conn_id,
+            f"group '{g.name}': none of the {asked} spine rows found a row in {where} of connection "
+            f"'{self.conn_id}', which holds no row of these entities at any time (column '{key}'): check "
+            "legacy_offline.table / entity_column in the plan and that the entity ids are this view's",
+        )
 
     def _load_spine(self, conn: Any, ids: pa.Array, micros: pa.Array, offset: int, key_type: str) -> None:
         """Replace the temporary spine table's rows with one chunk (ids as text, times as epoch us)."""
