@@ -145,3 +145,36 @@ def test_latency_over_the_band_without_confidence_is_inconclusive(demo_plan, pg_
     assert lat["shift_decision"] == "pass"
     assert result.outcome is Outcome.INCONCLUSIVE, result.summary()
     assert any("over the 20 ms band but not with confidence" in m for m in result.missing)
+
+
+@pytest.mark.unit
+def test_an_inconclusive_bake_keeps_gathering_evidence_until_the_grace_is_over():
+    from airflow_fsmigration.gates.bake import sequential_bake_check
+    from airflow_fsmigration.gates.check import FAIL, PASS, WAIT, GateCheck
+
+    end = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    windows = {"bake_start": (end - timedelta(hours=48)).isoformat(), "bake_end": end.isoformat()}
+    seen: list[str] = []
+
+    def check(w, now):  # inconclusive over the nominal window, decided once it is longer
+        seen.append(w["bake_end"])
+        longer = w["bake_end"] != windows["bake_end"]
+        if not longer:
+            status = WAIT if (now - end).total_seconds() < 600 else FAIL
+            return GateCheck(status, "only 80 read(s)", {"outcome": "inconclusive"})
+        return GateCheck(PASS, "passed", {"outcome": "pass"})
+
+    during = sequential_bake_check(check, windows, end + timedelta(seconds=60), inconclusive_grace=600)
+    assert (
+        during.status == PASS and during.details["extended_to"] == (end + timedelta(seconds=60)).isoformat()
+    )
+    assert "after the" in during.reason and len(seen) == 2
+    # before the window ends, and once the grace is over, the nominal window's answer stands
+    assert (
+        sequential_bake_check(check, windows, end - timedelta(seconds=1), inconclusive_grace=600).status
+        == WAIT
+    )
+    assert (
+        sequential_bake_check(check, windows, end + timedelta(seconds=601), inconclusive_grace=600).status
+        == FAIL
+    )

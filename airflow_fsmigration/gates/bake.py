@@ -456,3 +456,35 @@ def bake_decision(
     if (now - end).total_seconds() >= inconclusive_grace:
         return GateCheck(FAIL, result.summary() + " (grace period over: a person must decide)", details)
     return GateCheck(WAIT, result.summary(), details)
+
+
+def sequential_bake_check(
+    check: Callable[[Mapping[str, str], datetime], GateCheck],
+    windows: Mapping[str, str],
+    now: datetime,
+    *,
+    inconclusive_grace: float = 0.0,
+) -> GateCheck:
+    """One bake check; after the window, an inconclusive bake keeps gathering evidence.
+
+    ``check(windows, now)`` is one evaluation (``triggers.checks.check_bake``). The bake window
+    is the bake's minimum length, not a cap on its evidence: during the grace period after it,
+    the gate also evaluates ``[bake_start, now)`` and takes that answer when it decides. The
+    intervals are confidence sequences, valid at whatever time the gate stops, so looking past
+    the window does not raise the error rate; a bake that is still inconclusive when the grace
+    is over fails as before (a person must decide).
+    """
+    first = check(windows, now)
+    end = parse_time(windows["bake_end"])
+    assert end is not None
+    outcome = first.details.get("outcome")
+    late = (now - end).total_seconds()
+    if outcome != Outcome.INCONCLUSIVE.value or late < 0 or late >= inconclusive_grace:
+        return first
+    longer = check({**windows, "bake_end": now.isoformat()}, now)
+    if longer.status in (PASS, FAIL):
+        longer.details["extended_to"] = now.isoformat()
+        longer.reason += f" (evidence up to {late:.1f}s after the {windows['bake_end']} window end)"
+        longer.details["windows"] = dict(windows)
+        return longer
+    return first

@@ -137,14 +137,16 @@ def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarra
     ``psi = 1`` if pos > neg, ``1/2`` on a tie, else 0 (computed with sorted searches,
     O(n log n), as in Sun & Xu 2014).
     """
-    sn = np.sort(neg)
-    sp = np.sort(pos)
-    below = np.searchsorted(sn, pos, side="left")
-    upto = np.searchsorted(sn, pos, side="right")
-    v10 = (below + upto) / (2.0 * len(neg))
-    above_lo = len(pos) - np.searchsorted(sp, neg, side="right")
-    above_hi = len(pos) - np.searchsorted(sp, neg, side="left")
-    v01 = (above_lo + above_hi) / (2.0 * len(pos))
+    # Sorted needles make the searches cache-friendly (several times faster on large samples).
+    op, on = np.argsort(pos, kind="stable"), np.argsort(neg, kind="stable")
+    sp, sn = pos[op], neg[on]
+    v10 = np.empty(len(pos))
+    v10[op] = (np.searchsorted(sn, sp, side="left") + np.searchsorted(sn, sp, side="right")) / (
+        2.0 * len(neg)
+    )
+    v01 = np.empty(len(neg))
+    above = 2 * len(pos) - np.searchsorted(sp, sn, side="right") - np.searchsorted(sp, sn, side="left")
+    v01[on] = above / (2.0 * len(pos))
     return v10, v01
 
 
@@ -188,16 +190,20 @@ def paired_auc_drop(
     control: Sequence[float] | np.ndarray,
     treated: Sequence[float] | np.ndarray,
     *,
-    margin: float,
+    margin: float = math.nan,
+    relative_margin: float | None = None,
     alpha: float = DEFAULT_ALPHA,
     sequential: bool = True,
 ) -> tuple[Interval, float, float]:
     """AUC(control) - AUC(treated) on the same labels (paired shadow scores), DeLong's variance.
 
     Returns the interval on the drop and both AUCs. ``sequential=False`` gives the fixed-sample
-    ``1 - alpha`` interval (for one look only).
+    ``1 - alpha`` interval (for one look only). ``relative_margin``: the margin as a fraction of
+    the control's AUC (the confidence sequence is tuned to the margin).
     """
     aucs, cov = delong(labels, control, treated)
+    if relative_margin is not None:
+        margin = relative_margin * float(aucs[0])
     drop = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
     se = math.sqrt(max(var, 0.0))
@@ -210,13 +216,16 @@ def unpaired_auc_drop(
     treated_labels: Sequence[int] | np.ndarray,
     treated_scores: Sequence[float] | np.ndarray,
     *,
-    margin: float,
+    margin: float = math.nan,
+    relative_margin: float | None = None,
     alpha: float = DEFAULT_ALPHA,
     sequential: bool = True,
 ) -> tuple[Interval, float, float]:
     """AUC(control cohort) - AUC(treated cohort), independent cohorts: DeLong variances add."""
     a_c, v_c = delong(control_labels, control_scores)
     a_t, v_t = delong(treated_labels, treated_scores)
+    if relative_margin is not None:
+        margin = relative_margin * float(a_c[0])
     drop = float(a_c[0] - a_t[0])
     se = math.sqrt(max(float(v_c[0, 0] + v_t[0, 0]), 0.0))
     return _interval(drop, se, margin, "DeLong unpaired", alpha, sequential), float(a_c[0]), float(a_t[0])

@@ -116,28 +116,33 @@ def auc_check(
     has_pair = ~np.isnan(ramped.control)
     pair = CohortScores(ramped.labels[has_pair], ramped.scores[has_pair], ramped.control[has_pair])
     if pair.positives >= 2 and pair.negatives >= 2:
-        ref = _auc_or(pair.labels, pair.control)
+        interval, a_c, a_r = paired_auc_drop(
+            pair.labels, pair.control, pair.scores, relative_margin=limit_pct / 100.0, alpha=alpha
+        )
+        ref = a_c
         margin = limit_pct / 100.0 * ref
         need = auc_min_positives(ref, margin, pair.negatives / max(pair.positives, 1))
         cohorts["paired"] = _sizes(pair)
         enough = pair.positives >= need and pair.negatives >= need
-        interval, a_c, a_r = paired_auc_drop(
-            pair.labels, pair.control, pair.scores, margin=margin, alpha=alpha
-        )
         method = "paired shadow, DeLong"
     elif (
         control is not None
         and min(control.positives, control.negatives, ramped.positives, ramped.negatives) >= 2
     ):
-        ref = _auc_or(control.labels, control.scores)
+        interval, a_c, a_r = unpaired_auc_drop(
+            control.labels,
+            control.scores,
+            ramped.labels,
+            ramped.scores,
+            relative_margin=limit_pct / 100.0,
+            alpha=alpha,
+        )
+        ref = a_c
         margin = limit_pct / 100.0 * ref
         need = max(
             auc_min_positives(ref, margin, c.negatives / max(c.positives, 1)) for c in (ramped, control)
         )
         enough = min(ramped.positives, control.positives, ramped.negatives, control.negatives) >= need
-        interval, a_c, a_r = unpaired_auc_drop(
-            control.labels, control.scores, ramped.labels, ramped.scores, margin=margin, alpha=alpha
-        )
         method = "ramped vs control cohort, DeLong"
     else:
         return MetricDecision(
@@ -169,12 +174,6 @@ def auc_check(
         why=why,
         extra={"auc_control": a_c, "auc_ramped": a_r, "limit_pct": limit_pct},
     )
-
-
-def _auc_or(labels: np.ndarray, scores: np.ndarray) -> float:
-    from airflow_fsmigration.gates.stats import auc
-
-    return auc(labels, scores)
 
 
 def hist_sample(st: Any) -> Weighted | None:

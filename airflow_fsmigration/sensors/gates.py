@@ -216,15 +216,23 @@ class BakeSensor(FsMigrationGateSensor):
         self.log.info("bake of %s at %s%%: %s", self.group, self.percent, self.windows)
 
     def check(self) -> GateCheck:
-        from airflow_fsmigration.triggers.checks import check_bake
+        from airflow_fsmigration.gates.bake import sequential_bake_check
+        from airflow_fsmigration.triggers.checks import check_bake, utcnow
 
         urls = self.urls(("registry", "model_metrics", "routing_mirror"))
-        return check_bake(
-            self.plan,
-            self.feature_group.name,
-            urls,
+        grace = float(self.inconclusive_grace)
+        return sequential_bake_check(
+            lambda windows, now: check_bake(
+                self.plan,  # type: ignore[arg-type]
+                self.feature_group.name,
+                urls,  # type: ignore[arg-type]
+                dict(windows),
+                inconclusive_grace=grace,
+                now=now,
+            ),
             self.windows,
-            inconclusive_grace=self.inconclusive_grace,  # type: ignore[arg-type]
+            utcnow(),
+            inconclusive_grace=grace,
         )
 
     def trigger(self) -> Any:

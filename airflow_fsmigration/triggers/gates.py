@@ -147,9 +147,18 @@ class BakeTrigger(FsMigrationGateTrigger):
         return {**super()._kwargs(), "windows": self.windows, "inconclusive_grace": self.inconclusive_grace}
 
     def check(self, plan: Any, urls: dict[str, str]) -> Any:
-        from airflow_fsmigration.triggers.checks import check_bake
+        from airflow_fsmigration.gates.bake import sequential_bake_check
+        from airflow_fsmigration.triggers.checks import check_bake, utcnow
 
-        return check_bake(plan, self.group, urls, self.windows, inconclusive_grace=self.inconclusive_grace)
+        grace = self.inconclusive_grace
+        return sequential_bake_check(
+            lambda windows, now: check_bake(
+                plan, self.group, urls, dict(windows), inconclusive_grace=grace, now=now
+            ),
+            self.windows,
+            utcnow(),
+            inconclusive_grace=grace,
+        )
 
 
 class KeepWarmTrigger(FsMigrationGateTrigger):

@@ -24,6 +24,7 @@ as RisingWave would; shadow comparisons and point-in-time checks still read the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import shutil
@@ -59,6 +60,12 @@ class TimeScale:
     :param gate_wait_s: how long a downstream group's upstream gate waits before giving up.
     :param pit_samples: (entity, time) pairs of the point-in-time check (each replays windows of
         raw events as of that time: about a quarter second apiece on the full-size demo data).
+    :param auc_drop_pct: the AUC margin (relative %). The gate needs labelled positives in
+        proportion to 1 / margin^2 (about 2,200 per cohort at the real 0.5%, 140 at 2%): a
+        seconds-long bake gets hundreds of predictions, so the demo's margin is wider.
+    :param evidence_wait_s: how long a bake that is still inconclusive at the end of its window
+        keeps gathering evidence (the gate's grace period): a loaded machine reads more slowly,
+        so the bake waits for its minimum evidence instead of failing on a fixed clock.
     """
 
     soak_s: float = 5.0
@@ -68,6 +75,8 @@ class TimeScale:
     p99_increase_ms: float = 100.0
     gate_wait_s: float = 4.0
     pit_samples: int = 12
+    auc_drop_pct: float = 2.0
+    evidence_wait_s: float = 30.0
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -137,6 +146,7 @@ def write_seconds_plan(
                 defaults["high_traffic_qps"] = 10**9
             triggers = defaults.setdefault("rollback_triggers", {})
             triggers["p99_latency_increase_ms"] = scale.p99_increase_ms
+            triggers["auc_drop_pct"] = scale.auc_drop_pct
         for spec in (data.get("groups") or {}).values():
             if isinstance(spec, dict) and isinstance(spec.get("sla"), dict):
                 spec["sla"]["max_staleness"] = stale
@@ -227,8 +237,18 @@ class ServingFeed:
 
     Reads go to the group being migrated (``active``), in batches of ``batch`` entities, so the
     router splits each batch by the current ramp and records both backends' latency and errors.
-    Every ``interval`` s each model's AUC is recorded (0.90 with a little noise), except the
-    injected group's models once it reached the injection's ramp step (0.80) until its rollback.
+    At 100% the old store is read too, for the same entities (the paired shadow: the control's
+    latency over the same window). Every ``interval`` s each model's AUC is recorded (0.90 with
+    a little noise), except the injected group's models once it reached the injection's ramp
+    step (0.80) until its rollback.
+
+    Labelled predictions (``model_scores``) are logged for the models of the groups being served,
+    ``score_rate`` per second in each cohort: ``ramped`` (entities the router's bucketing sends to
+    the new store; scored on new-store features, with the old-store score beside it as the
+    paired shadow) and ``control`` (the others). Their timestamps are spread evenly over the
+    time since the last tick, so every second of a bake window holds the same evidence however
+    late a loaded machine runs the tick (the bake waits for late rows, see ``evidence_wait_s``).
+    Scores are binormal: AUC 0.90, and 0.80 for the ramped cohort of an injected group.
     """
 
     def __init__(
@@ -244,6 +264,7 @@ class ServingFeed:
         batch: int = 20,
         interval: float = 0.25,
         seed: int = 7,
+        score_rate: float = 200.0,
     ) -> None:
         self.plan = plan
         self.redis_url = redis_url
@@ -258,6 +279,10 @@ class ServingFeed:
         self.reads: dict[str, int] = {}
         self.errors: list[BaseException] = []
         self._rng = random.Random(seed)
+        self.score_rate = score_rate
+        self._np_rng: Any = None
+        self._scored_until: dict[str, datetime] = {}
+        self.scores: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at = datetime.now(UTC)
@@ -297,6 +322,7 @@ class ServingFeed:
                         self._record_metrics(conn, router, record_metric, AUC)
                         next_metrics = now + self.interval
                     group = self.active
+                    self._active = group
                     ids = self.entity_ids.get(group or "")
                     if group and ids:
                         # at a 1 % step a batch of 20 rarely touches the new store: size the
@@ -309,6 +335,8 @@ class ServingFeed:
                         size = min(len(ids), max(self.batch, wide))
                         batch = self._rng.sample(ids, size)
                         router.get_features(group, batch)
+                        if pct >= 100:  # the control at 100%: the same entities from the old store
+                            router.read_backend(group, batch, "old", record=True)
                         self.reads[group] = self.reads.get(group, 0) + 1
                     else:
                         self._stop.wait(0.05)
@@ -339,6 +367,71 @@ class ServingFeed:
         for model in self.plan.models:
             value = DROPPED_AUC if model in dropped else HEALTHY_AUC
             record_metric(conn, model, auc, value + self._rng.uniform(-0.001, 0.001), ts=now)
+        self._record_scores(conn, router, dropped, now)
+
+    def _served_groups(self) -> list[str]:
+        live = getattr(self, "live_groups", None)  # RegistryFeed: every live group
+        if callable(live):
+            return list(live())
+        return [self._active] if self._active else []
+
+    _active: str | None = None
+
+    def _record_scores(self, conn: Any, router: Any, dropped: set[str], now: datetime) -> None:
+        """Log ``score_rate``/s labelled predictions per cohort since the last tick (see the class doc)."""
+        import numpy as np
+
+        from airflow_fsmigration.gates.metrics import CONTROL, RAMPED, record_scores
+        from airflow_fsmigration.serving.bucketing import routes_to_new
+
+        if self._np_rng is None:
+            self._np_rng = np.random.default_rng(self._rng.randrange(2**32))
+        rng = self._np_rng
+        healthy, worse = _separation(HEALTHY_AUC), _separation(DROPPED_AUC)
+        for group in self._served_groups():
+            ids = self.entity_ids.get(group) or []
+            pct = router.ramp_pct(group)
+            since = self._scored_until.get(group)
+            self._scored_until[group] = now
+            if since is None or not ids or pct <= 0:
+                continue
+            since = max(since, now - timedelta(seconds=10))  # a group served again later: no old gap
+            n = int((now - since).total_seconds() * self.score_rate)
+            if n <= 0:
+                self._scored_until[group] = since
+                continue
+            step = (now - since) / n
+            stamps = [since + step * (i + 1) for i in range(n)]
+            ramped = [e for e in ids if routes_to_new(e, pct)]
+            control = [e for e in ids if not routes_to_new(e, pct)]
+            for model in self.plan.groups[group].models:
+                for cohort, members in ((RAMPED, ramped), (CONTROL, control)):
+                    if not members:
+                        continue
+                    y = rng.random(n) < 0.3
+                    old_score = healthy * y + rng.normal(size=n)
+                    if cohort == RAMPED:
+                        shift = (worse - healthy) if model in dropped else 0.0
+                        new_score = old_score + shift * y + rng.normal(scale=0.05, size=n)
+                        rows = zip(
+                            stamps,
+                            y.astype(int).tolist(),
+                            new_score.tolist(),
+                            old_score.tolist(),
+                            strict=True,
+                        )
+                    else:
+                        rows = zip(
+                            stamps, y.astype(int).tolist(), old_score.tolist(), [None] * n, strict=True
+                        )
+                    self.scores[group] = self.scores.get(group, 0) + record_scores(conn, model, cohort, rows)
+
+
+def _separation(auc: float) -> float:
+    """Mean shift of positives' scores (unit-variance normals) that gives a binormal AUC of ``auc``."""
+    from statistics import NormalDist
+
+    return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
 
 
 def sample_entity_ids(
@@ -576,6 +669,9 @@ def run_migration(
                     phases = {u: registry.state(u).phase.value for u in plan.groups[group].depends_on}
                 pit: Any = dag.get_task("point_in_time")
                 pit.samples = scale.pit_samples
+                for task in dag.tasks:
+                    if task.task_id.startswith("bake_"):  # wait for the minimum evidence (class doc)
+                        task.inconclusive_grace = max(task.inconclusive_grace, scale.evidence_wait_s)  # type: ignore[attr-defined]
                 blocked = sorted(u for u, p in phases.items() if p not in CUT_OVER)
                 head = f"\n-- wave {wave_no}: {group} ({did})"
                 if blocked:
