@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser feast-venv demo test lint format typecheck unit integration bench airflow clean
+.PHONY: install browser feast-venv demo test test-risingwave lint format typecheck unit integration bench airflow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck browser feast-venv
 	$(BIN)/python -m pytest -q
+
+test-risingwave: $(STAMP)
+	@test -n "$$FSMIG_TEST_RISINGWAVE_URL" || { echo "set FSMIG_TEST_RISINGWAVE_URL=postgresql://root@HOST:4566/dev (a RisingWave the tests may write to)"; exit 2; }
+	$(BIN)/python -m pytest -q -m risingwave tests/test_risingwave_live.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
