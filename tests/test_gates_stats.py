@@ -182,3 +182,18 @@ def test_rate_mixture_sprt_is_valid_under_repeated_looks_and_detects():
             assert rate >= 0.95
     assert R.rate_exceeds(20_000, 21_000, 0.001)[0]
     assert not R.rate_exceeds(0, 100_000, 0.001)[0]
+
+
+def test_keep_warm_drift_check_finds_a_slow_rise_and_holds_its_false_alarm_rate():
+    from airflow_fsmigration.gates.keepwarm import drift_check
+
+    rng = np.random.default_rng(4)
+    sd = 0.003  # a day's paired difference in false-negative rate
+    drift = 0.006 * np.minimum(np.arange(1, 31) / 21, 1.0)  # +3% of a 20% rate by day 21
+    null = [drift_check(rng.normal(0, sd, 30), [sd**2] * 30).breached for _ in range(2000)]
+    found = [drift_check(drift + rng.normal(0, sd, 30), [sd**2] * 30) for _ in range(500)]
+    assert np.mean(null) <= 0.05
+    assert np.mean([f.breached for f in found]) >= 0.9
+    assert all(f.first_breach_day is None or f.first_breach_day <= 30 for f in found)
+    st = drift_check([0.01] * 3, [1e-4] * 3)
+    assert st.days == 3 and st.total == pytest.approx(0.03) and "cumulative +0.03000" in st.explain()

@@ -154,3 +154,60 @@ def keep_warm_decision(check: Any, status: Any) -> GateCheck:
     if status.ended:
         return GateCheck(FAIL, status.explain(), details)
     return GateCheck(WAIT, f"{check.summary()}; {status.explain()}", details)
+
+
+@dataclass(frozen=True)
+class DriftStatus:
+    """The daily-difference drift test of keep-warm: has the new store's metric worsened?"""
+
+    days: int
+    total: float  # sum of the daily differences (positive: the new store is worse)
+    bound: float  # the always-valid boundary the sum must exceed to call a drift
+    breached: bool
+    first_breach_day: int | None = None
+
+    def explain(self) -> str:
+        verdict = (
+            "a confident slow degradation: roll back while the old store is warm"
+            if self.breached
+            else "no confident drift"
+        )
+        return (
+            f"{self.days} day(s) of paired differences, cumulative {self.total:+.5f} vs boundary "
+            f"{self.bound:.5f}: {verdict}"
+        )
+
+
+def drift_check(
+    diffs: Iterable[float],
+    variances: Iterable[float],
+    *,
+    alpha: float = 0.05,
+    ref_days: float = 14.0,
+    rho: float | None = None,
+) -> DriftStatus:
+    """A confidence-sequence test on the daily difference new - control (e.g. false-negative rates).
+
+    Slow degradation ("3% more false negatives over three weeks") is invisible on any one day, so
+    the test adds the daily differences up: under "no degradation" their sum ``S`` is a
+    martingale with variance ``V`` (the sum of the daily variances, from each day's sample size),
+    and Robbins' normal mixture bounds it at every day at once:
+    ``S > sqrt((V + rho) log((V + rho) / (rho alpha^2)))`` happens with probability at most
+    ``alpha`` over the whole window, however many days are checked. ``rho`` (fixed in advance)
+    defaults to ``ref_days`` days of the first day's variance over 8: the test is sharpest about
+    ``ref_days`` into keep-warm. Returns the first day the boundary was crossed, if any.
+    """
+    s = v = 0.0
+    days = 0
+    first: int | None = None
+    bound = math.inf
+    for d, var in zip(diffs, variances, strict=True):
+        days += 1
+        if rho is None:
+            rho = max(var, 1e-12) * ref_days / 8.0
+        s += d
+        v += max(var, 0.0)
+        bound = math.sqrt((v + rho) * math.log((v + rho) / (rho * alpha**2)))
+        if first is None and s > bound:
+            first = days
+    return DriftStatus(days=days, total=s, bound=bound, breached=first is not None, first_breach_day=first)
