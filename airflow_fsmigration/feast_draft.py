@@ -201,11 +201,14 @@ def draft_plan(
             skipped.append(f"feature view '{view.name}': {reason}")
         for f in view.features:
             if f.dtype is None:
-                why[f"{view.name}:{f.name}"] = f"Feast type {f.value_type} has no plan dtype"
+                kind = (
+                    "list features are not plan dtypes yet"
+                    if f.value_type.endswith("_LIST")
+                    else "no plan dtype"
+                )
+                why[f"{view.name}:{f.name}"] = f"Feast type {f.value_type}: {kind}"
                 if not reason:
-                    skipped.append(
-                        f"feature '{view.name}:{f.name}': Feast type {f.value_type} has no plan dtype"
-                    )
+                    skipped.append(f"feature '{view.name}:{f.name}': Feast type {f.value_type}: {kind}")
         kept[view.name] = {f.name for f in features}
     used_by: dict[str, list[str]] = {}
     for svc in repo.services:
