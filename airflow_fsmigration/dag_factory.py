@@ -176,10 +176,25 @@ def build_migrate_dag(ctx: DagContext, group: str) -> DAG:
         if ctx.high_traffic(group):
             chain_.append(LoadTestOperator(task_id="load_test", **common))
         bakes = []
+        approvals = plan.approves_ramps(group)
+        evidence = {"shadow soak": "shadow_soak", "point-in-time": "point_in_time"}
         for step in s.ramp_steps:
+            if approvals:
+                from airflow_fsmigration.operators.approval import RampApprovalOperator
+
+                chain_.append(
+                    RampApprovalOperator(
+                        task_id=f"approve_{step}",
+                        percent=step,
+                        evidence_task_ids=dict(evidence),
+                        response_timeout=s.approval_timeout,
+                        **common,
+                    )
+                )
             ramp = RampStepOperator(
                 task_id=f"ramp_{step}",
                 percent=step,
+                approval_task_id=f"approve_{step}" if approvals else None,
                 outlets=[cutover_asset(plan, group)] if step == 100 else [],
                 **common,
             )
@@ -194,6 +209,7 @@ def build_migrate_dag(ctx: DagContext, group: str) -> DAG:
             )
             chain_ += [ramp, bake]
             bakes.append(bake)
+            evidence[f"bake at {step}%"] = bake.task_id
         keep_warm = KeepWarmSensor(
             task_id="keep_warm",
             poke_interval=warm_poll,

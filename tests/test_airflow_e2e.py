@@ -15,6 +15,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -403,3 +404,154 @@ def test_freeze_then_manual_rollback_dag_records_the_persons_reason(world, run_d
         ("rolled_back", "ranker CTR fell after the ramp"),
     ]
     assert audit[-1].actor == f"airflow:{rollback_id}.rollback" and audit[-1].from_phase.value == "frozen"
+
+
+# -- ramp approvals (plan ramp_approval): Airflow's human-in-the-loop operators -----------------
+
+
+def _approval_plan(world, tmp_path: Path, group: str, timeout: str) -> tuple[Any, Path]:
+    """A copy of the world's plan in which ``group`` waits for a person before every ramp step."""
+    import shutil
+
+    from airflow_fsmigration.plan import load_plan
+
+    plan_dir = tmp_path / "plan"
+    shutil.copytree(world["plan_dir"], plan_dir)
+    for path in plan_dir.glob("groups_*.yaml"):
+        text = path.read_text()
+        head = f"\n  {group}:\n"
+        if head in text:
+            text = text.replace(
+                head,
+                f"{head}    overrides: {{ramp_approval: all, approval_timeout: {timeout}, high_traffic_qps: 1000000000}}\n",
+                1,
+            )
+            path.write_text(text)
+    plan = load_plan(plan_dir)
+    assert plan.approves_ramps(group)
+    return plan, plan_dir
+
+
+class _Responder(threading.Thread):
+    """Answers a run's approvals from outside ``dag.test()``, as the Required Actions UI would.
+
+    ``answer``: the option to choose, as user ``user`` (None: never answer). ``sweep``: run the
+    scheduler's own timeout sweep (``check_awaiting_input_timeouts``), which ``dag.test()`` lacks.
+    """
+
+    def __init__(self, dag_id: str, answer: str | None, user: str = "alice", sweep: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.dag_id, self.answer, self.user, self.sweep = dag_id, answer, user, sweep
+        self.answered: list[str] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from airflow.jobs.job import Job
+        from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.models.trigger import handle_event_submit
+        from airflow.triggers.base import TriggerEvent
+        from airflow.utils import timezone
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        runner = SchedulerJobRunner(job=Job()) if self.sweep else None
+        while not self.stop.wait(0.3):
+            try:
+                if runner is not None:
+                    runner.check_awaiting_input_timeouts()
+                if self.answer is not None:
+                    self._answer(
+                        TI, TaskInstanceState, handle_event_submit, TriggerEvent, timezone, create_session
+                    )
+            except Exception as exc:  # SQLite may be busy with the run's own session: try again
+                self.errors.append(repr(exc))
+
+    def _answer(
+        self, TI, TaskInstanceState, handle_event_submit, TriggerEvent, timezone, create_session
+    ) -> None:
+        from sqlalchemy import select
+        from sqlalchemy.orm import joinedload
+
+        if True:
+            with create_session() as session:
+                waiting = session.scalars(
+                    select(TI)
+                    .where(TI.dag_id == self.dag_id, TI.state == TaskInstanceState.AWAITING_INPUT)
+                    .options(joinedload(TI.hitl_detail))
+                ).all()
+                for ti in waiting:
+                    detail = ti.hitl_detail
+                    if detail is None or detail.responded_at is not None:
+                        continue
+                    # what the HITL REST API's PATCH .../hitlDetails does for a logged-in user
+                    detail.responded_by = {"id": self.user, "name": self.user}
+                    detail.responded_at = timezone.utcnow()
+                    detail.chosen_options = [self.answer]
+                    detail.params_input = {}
+                    session.add(detail)
+                    handle_event_submit(
+                        TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session
+                    )
+                    self.answered.append(ti.task_id)
+
+
+@pytest.mark.airflow
+def test_each_ramp_step_waits_for_approval_and_the_audit_names_the_approver(world, run_dag, tmp_path):
+    from airflow_fsmigration.dag_factory import build_dags
+
+    group = "item_popularity"
+    plan, plan_dir = _approval_plan(world, tmp_path, group, "2m")
+    dag_id = f"fsmig__{group}__migrate"
+    dag = build_dags(plan, str(plan_dir), only=dag_id)[dag_id]
+    steps = plan.settings_for(group).ramp_steps
+    assert [t for t in dag.task_ids if t.startswith("approve_")] == [f"approve_{s}" for s in steps]
+    assert dag.get_task(f"ramp_{steps[0]}").upstream_task_ids == {f"approve_{steps[0]}"}
+    responder = _Responder(dag_id, "Approve", user="alice")
+    responder.start()
+    try:
+        with serving_feed(world):
+            run = run_dag(dag)
+    finally:
+        responder.stop.set()
+        responder.join(timeout=10)
+    states = _states(run)
+    assert run.state == "success", states
+    assert sorted(responder.answered) == sorted(f"approve_{s}" for s in steps)
+    with _registry(world) as registry:
+        audit = registry.audit(group)
+    ramps = [a for a in audit if a.to_pct in steps and a.from_pct != a.to_pct]
+    assert [a.to_pct for a in ramps[-len(steps) :]] == list(steps)
+    for entry in ramps[-len(steps) :]:
+        assert entry.actor == "alice" and "approved in approve_" in entry.reason, entry
+        assert entry.evidence["approval"]["answer"] == "Approve"
+
+
+@pytest.mark.airflow
+def test_an_unanswered_approval_freezes_the_group_and_never_promotes(world, run_dag, tmp_path):
+    from airflow_fsmigration.dag_factory import build_dags
+
+    group = "merchant_stats"
+    plan, plan_dir = _approval_plan(world, tmp_path, group, "2s")
+    dag_id = f"fsmig__{group}__migrate"
+    dag = build_dags(plan, str(plan_dir), only=dag_id)[dag_id]
+    responder = _Responder(dag_id, None, sweep=True)  # nobody answers; the scheduler's sweep runs
+    responder.start()
+    try:
+        with serving_feed(world):
+            run = run_dag(dag)
+    finally:
+        responder.stop.set()
+        responder.join(timeout=10)
+    states = _states(run)
+    assert run.state == "failed", states
+    assert states["approve_5"] == "failed" and states["ramp_5"] == "upstream_failed", states
+    assert states["rollback"] in ("skipped", "upstream_failed"), states
+    with _registry(world) as registry:
+        state = registry.state(group)
+        last = registry.audit(group)[-1]
+    assert state.ramp_pct == 0 and state.phase.value == "shadow"  # no traffic ever moved
+    assert last.from_phase == last.to_phase and last.from_pct == last.to_pct == 0
+    assert "nobody answered within 2s" in last.reason and "(no answer)" in last.actor
+    assert last.evidence["approval"]["timed_out"] is True

@@ -275,7 +275,7 @@ def cmd_pit(args: argparse.Namespace) -> int:
     from airflow_fsmigration.backfill.pit import validate_point_in_time
     from airflow_fsmigration.connections import connect_postgres, postgres_url
     from airflow_fsmigration.plan import load_plan
-    from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
+    from airflow_fsmigration.stores.feast_offline import offline_source_for
 
     problem = _window_error(args)
     if problem:
@@ -289,7 +289,7 @@ def cmd_pit(args: argparse.Namespace) -> int:
     store = connect_postgres(c.new_store, autocommit=True)
     offline_conn = connect_postgres(c.legacy_offline, autocommit=True)
     try:
-        with PostgresOfflineSource(postgres_url(c.legacy_offline), plan, c.legacy_offline) as offline:
+        with offline_source_for(plan, postgres_url(c.legacy_offline), c.legacy_offline) as offline:
             result = validate_point_in_time(
                 plan,
                 group,

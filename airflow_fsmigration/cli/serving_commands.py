@@ -44,7 +44,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     from airflow_fsmigration.plan import load_plan
     from airflow_fsmigration.serving.loadtest import LoadTestOutcome, load_test_for_group
     from airflow_fsmigration.serving.router import build_router
-    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+    from airflow_fsmigration.stores.feast_online import online_source_for
 
     plan = load_plan(args.plan)
     if args.group not in plan.groups:
@@ -54,7 +54,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     online = redis_url(plan.connections.legacy_online)
     new_store = postgres_url(plan.connections.new_store)
-    ids = RedisOnlineSource(online, plan, plan.connections.legacy_online).entity_ids(
+    ids = online_source_for(plan, online, plan.connections.legacy_online).entity_ids(
         args.group, limit=args.entities
     )
     if not ids:

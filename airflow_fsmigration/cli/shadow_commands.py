@@ -106,8 +106,8 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     from airflow_fsmigration.connections import connect_postgres, postgres_url, redis_url
     from airflow_fsmigration.plan import load_plan
     from airflow_fsmigration.reports.shadow import write_shadow_report
+    from airflow_fsmigration.stores.feast_online import online_source_for
     from airflow_fsmigration.stores.new_store import NewStore
-    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -137,7 +137,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     # The registry first: if it is down, fail before comparing rather than compare and lose the run.
     registry = None if args.no_record else connect_postgres(conns.registry, autocommit=True)
     store = ResultStore(registry) if registry is not None else None
-    old = RedisOnlineSource(redis_url(conns.legacy_online), plan, conns.legacy_online)
+    old = online_source_for(plan, redis_url(conns.legacy_online), conns.legacy_online)
     new = NewStore(postgres_url(conns.new_store), plan, conns.new_store)
     try:
         problem = _not_comparable(plan, group, new)

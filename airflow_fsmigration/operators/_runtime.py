@@ -99,9 +99,9 @@ def active_groups(
 
 
 def old_source(plan: MigrationPlan, hook: MigrationHook) -> Any:
-    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
+    from airflow_fsmigration.stores.feast_online import online_source_for
 
-    return RedisOnlineSource(hook.redis_url(), plan, conn_id=plan.connections.legacy_online)
+    return online_source_for(plan, hook.redis_url(), plan.connections.legacy_online)
 
 
 def new_store(plan: MigrationPlan, hook: MigrationHook) -> Any:
@@ -124,12 +124,12 @@ def record_shadow_run(
     """Run one shadow comparison from plain URLs and record it in the results series."""
     from airflow_fsmigration.compare.results import ResultStore
     from airflow_fsmigration.compare.shadow import run_shadow
+    from airflow_fsmigration.stores.feast_online import online_source_for
     from airflow_fsmigration.stores.new_store import NewStore
-    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
 
     results = ResultStore(registry_conn)
     results.ensure()
-    old = RedisOnlineSource(online_url, plan, conn_id=plan.connections.legacy_online)
+    old = online_source_for(plan, online_url, plan.connections.legacy_online)
     try:
         with NewStore(new_url, plan, conn_id=plan.connections.new_store) as new:
             return run_shadow(
@@ -245,11 +245,9 @@ def point_in_time(
     from datetime import timedelta
 
     from airflow_fsmigration.backfill.pit import validate_point_in_time
-    from airflow_fsmigration.stores.postgres_offline import PostgresOfflineSource
+    from airflow_fsmigration.stores.feast_offline import offline_source_for
 
-    offline = PostgresOfflineSource(
-        hook.postgres_url("legacy_offline"), plan, conn_id=plan.connections.legacy_offline
-    )
+    offline = offline_source_for(plan, hook.postgres_url("legacy_offline"), plan.connections.legacy_offline)
     start = datetime.now(UTC) - timedelta(days=days) if days is not None else None
     store_conn = hook.connect("new_store")
     try:

@@ -74,11 +74,17 @@ class RampStepOperator(FsMigrationBaseOperator):
     ui_color = "#d7f0dd"
 
     def __init__(
-        self, *, percent: int | str, soak_task_id: str | None = "shadow_soak", **kwargs: Any
+        self,
+        *,
+        percent: int | str,
+        soak_task_id: str | None = "shadow_soak",
+        approval_task_id: str | None = None,
+        **kwargs: Any,
     ) -> None:
         init_base(self, kwargs)
         self.percent = percent
         self.soak_task_id = soak_task_id
+        self.approval_task_id = approval_task_id
 
     def run(self, context: Context) -> Any:
         from airflow_fsmigration.operators._runtime import soak_evidence
@@ -105,11 +111,23 @@ class RampStepOperator(FsMigrationBaseOperator):
                 soak = soak_evidence(self.plan, self.feature_group.name, self.hook)
             soak_passed = bool(soak.get("passed"))
             evidence["soak"] = soak
+        actor, reason = actor_of(context), f"ramp step {pct:g}% of {list(steps)}"
+        if self.approval_task_id:
+            from airflow_fsmigration.operators.approval import APPROVAL_XCOM_KEY
+
+            approval = context["ti"].xcom_pull(task_ids=self.approval_task_id, key=APPROVAL_XCOM_KEY)
+            if not isinstance(approval, dict) or not approval.get("by"):
+                raise ValueError(
+                    f"group {self.group!r}: the {pct:g}% step needs an approval and "
+                    f"{self.approval_task_id} recorded none; answer it in Required Actions"
+                )
+            actor, reason = str(approval["by"]), f"{reason}, approved in {self.approval_task_id}"
+            evidence["approval"] = approval
         state = self.registry.ramp(
             self.group,
             pct,
-            actor=actor_of(context),
-            reason=f"ramp step {pct:g}% of {list(steps)}",
+            actor=actor,
+            reason=reason,
             dag_run=dag_run_ref(context),
             soak_passed=soak_passed,
             evidence=evidence,

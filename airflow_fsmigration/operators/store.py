@@ -66,7 +66,7 @@ class DeployDefinitionOperator(FsMigrationBaseOperator):
 
         log.info("group %s: building %s in the background; deferring", self.group, target)
         self.defer(
-            trigger=DdlProgressTrigger(self.plan_path, self.group, target, self.poll_interval),
+            trigger=DdlProgressTrigger(self.plan_path, self.feature_group.name, target, self.poll_interval),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.build_timeout) if self.build_timeout else None,
         )
@@ -74,7 +74,7 @@ class DeployDefinitionOperator(FsMigrationBaseOperator):
     def _result(self, store: Any) -> dict[str, Any]:
         return {
             "group": self.group,
-            "view": self.plan.view_name(self.group),
+            "view": self.plan.view_name(self.feature_group.name),
             "columns": store.columns(self.group),
         }
 
@@ -89,10 +89,10 @@ class DeployDefinitionOperator(FsMigrationBaseOperator):
             reason = (event or {}).get("reason", "the progress trigger ended without an event")
             raise AirflowFailException(f"group {self.group}: the new store's build did not finish: {reason}")
         pre_swap: dict[str, Any] = {}
-        if event.get("target") == build_name(self.group):
+        if event.get("target") == build_name(self.feature_group.name):
             checks = compare_build(
                 self.plan,
-                self.group,
+                self.feature_group.name,
                 online_url=self.hook.redis_url(),
                 new_url=self.hook.postgres_url("new_store"),
             )
@@ -100,7 +100,7 @@ class DeployDefinitionOperator(FsMigrationBaseOperator):
             if not checks["swap"]:
                 self._close()
                 raise AirflowFailException(
-                    f"group {self.group}: the rebuilt view {build_name(self.group)} was not swapped in, the live "
+                    f"group {self.group}: the rebuilt view {build_name(self.feature_group.name)} was not swapped in, the live "
                     f"view keeps serving: {checks['summary']}. Fix the definition and deploy again with redefine."
                 )
             pre_swap = {"pre_swap": checks}
@@ -127,12 +127,12 @@ def compare_build(
     a redefinition). Neither is recorded in the soak series: the build is not what serves yet.
     """
     from airflow_fsmigration.compare.shadow import run_shadow
+    from airflow_fsmigration.stores.feast_online import online_source_for
     from airflow_fsmigration.stores.new_store import NewStore
-    from airflow_fsmigration.stores.redis_online import RedisOnlineSource
     from airflow_fsmigration.stores.risingwave_shadow import BuildView
 
     conn_id = plan.connections.new_store
-    old = RedisOnlineSource(online_url, plan, conn_id=plan.connections.legacy_online)
+    old = online_source_for(plan, online_url, plan.connections.legacy_online)
     try:
         with BuildView(new_url, plan, group, conn_id) as build, NewStore(new_url, plan, conn_id) as live:
             against_old = run_shadow(plan, group, old, build, sample_size=sample_size)

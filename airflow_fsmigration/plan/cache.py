@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airflow_fsmigration.plan")
 
-CACHE_FORMAT = 3  # 3: routing_mirror, ramp approvals and the Feast layout in the plan model (revalidated once)
+# 3: routing_mirror, ramp approvals and the Feast layout in the plan model (revalidated once)
+CACHE_FORMAT = 3
 _MEMO: dict[str, tuple[tuple[Any, ...], MigrationPlan]] = {}
 
 

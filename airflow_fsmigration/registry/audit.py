@@ -150,10 +150,14 @@ def has_audit_table(conn: Any) -> bool:
     return bool(row and row[0])
 
 
+# A row whose phase and ramp did not change records a decision (Registry.record), not a move.
+MOVED = "(from_phase IS DISTINCT FROM to_phase OR from_pct IS DISTINCT FROM to_pct)"
+
+
 def last_entered(conn: Any, group: str, phase: Phase | str) -> datetime | None:
     """When the group last moved into ``phase``, or None."""
     row = conn.execute(
-        f'SELECT max(at) FROM "{SCHEMA}".routing_audit WHERE group_name = %s AND to_phase = %s',
+        f'SELECT max(at) FROM "{SCHEMA}".routing_audit WHERE group_name = %s AND to_phase = %s AND {MOVED}',
         (group, Phase(phase).value),
     ).fetchone()
     return row[0] if row else None
@@ -169,7 +173,7 @@ def soak_start(conn: Any, group: str) -> tuple[datetime, Phase] | None:
         return None
     row = conn.execute(
         f'SELECT at, to_phase FROM "{SCHEMA}".routing_audit WHERE group_name = %s AND to_phase = ANY(%s)'
-        " ORDER BY version DESC LIMIT 1",
+        f" AND {MOVED} ORDER BY version DESC LIMIT 1",
         (group, [Phase.SHADOW.value, Phase.ROLLED_BACK.value]),
     ).fetchone()
     return (row[0], Phase(row[1])) if row else None

@@ -41,6 +41,7 @@ from airflow_fsmigration.registry import audit as _audit
 from airflow_fsmigration.registry.audit import COLS as _COLS
 from airflow_fsmigration.registry.audit import MIGRATIONS, DagRunLike
 from airflow_fsmigration.registry.audit import check_who_why as _check_who_why
+from airflow_fsmigration.registry.decisions import DecisionLog
 from airflow_fsmigration.registry.epochs import EPOCH_DDL, EPOCH_TABLE, epoch_columns, supersede_row
 from airflow_fsmigration.registry.epochs import state_from_row as _state
 from airflow_fsmigration.registry.model import (
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("airflow_fsmigration.registry")
 
 
-class Registry:
+class Registry(DecisionLog):
     """Routing state per group, with legal-transition checks, CAS versions and an audit log.
 
     :param url_or_conn_factory: a libpq URL, or a callable returning a new psycopg connection.
