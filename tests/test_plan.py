@@ -187,7 +187,7 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
 
 def test_definition_must_select_declared_features(tmp_path: Path) -> None:
     plan_dir = _copy_demo(tmp_path)
-    _edit(plan_dir / "sql" / "merchant_stats.sql", "0)  AS merchant_refund_count_7d", "0)  AS refunds_7d")
+    _edit(plan_dir / "sql" / "merchant_stats.sql", "0)     AS merchant_refund_count_7d", "0) AS refunds_7d")
     with pytest.raises(PlanError) as exc:
         load_plan(plan_dir)
     [issue] = exc.value.issues
