@@ -103,3 +103,34 @@ def test_router_hears_a_ramp_through_its_own_mirror_with_the_legacy_redis_stoppe
     finally:
         reg.close()
         legacy.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["shadow", "{plan}", GROUP],
+        ["status", "{plan}"],
+        ["rollback", "{plan}", GROUP, "--reason", "registry down", "--actor", "oncall"],
+    ],
+    ids=["shadow", "status", "rollback"],
+)
+def test_an_unreachable_registry_is_inconclusive_with_its_connection_id(
+    argv, mirror_plan, pg_url, redis_url, monkeypatch, capsys
+):
+    """The registry Postgres down: exit 3 naming ``fsmig_registry``, never a pass or a traceback."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/registry"
+    env = {
+        **airflow_conn_env("fsmig_registry", dead),
+        **airflow_conn_env("fsmig_legacy_offline", pg_url),
+        **airflow_conn_env("fsmig_new_store", pg_url),
+        **airflow_conn_env("fsmig_legacy_redis", redis_url),
+        **airflow_conn_env("fsmig_routing", redis_url),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc = main([a.format(plan=mirror_plan) for a in argv])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert rc == 3, text
+    assert "fsmig_registry" in text and "Traceback" not in text, text
