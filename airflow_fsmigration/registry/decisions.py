@@ -37,6 +37,15 @@ class DecisionLog:
     def _publish(self, state: RoutingState) -> None:  # provided by Registry
         raise NotImplementedError
 
+    def _locked_current(self, conn: Any, group: str) -> RoutingState:
+        """The group's row, locked for this transaction (``SELECT ... FOR UPDATE``)."""
+        row = conn.execute(
+            f'SELECT {self._cols} FROM "{SCHEMA}".routing WHERE group_name = %s FOR UPDATE', (group,)
+        ).fetchone()
+        if row is None:
+            raise UnknownGroup(group)
+        return _state(row, changed=False)
+
     def record(
         self,
         group: str,
@@ -52,12 +61,7 @@ class DecisionLog:
         with self._lock:
             conn = self.connection()
             with conn.transaction():
-                row = conn.execute(
-                    f'SELECT {self._cols} FROM "{SCHEMA}".routing WHERE group_name = %s FOR UPDATE', (group,)
-                ).fetchone()
-                if row is None:
-                    raise UnknownGroup(group)
-                current = _state(row, changed=False)
+                current = self._locked_current(conn, group)
                 row = conn.execute(
                     f'UPDATE "{SCHEMA}".routing SET version = version + 1, updated_at = clock_timestamp(),'
                     f" updated_by = %s WHERE group_name = %s RETURNING {self._cols}",

@@ -375,12 +375,7 @@ class Registry(DecisionLog):
         with self._lock:
             conn = self.connection()
             with conn.transaction():
-                row = conn.execute(
-                    f'SELECT {self._cols} FROM "{SCHEMA}".routing WHERE group_name = %s FOR UPDATE', (group,)
-                ).fetchone()
-                if row is None:
-                    raise UnknownGroup(group)
-                current = _state(row, changed=False)
+                current = self._locked_current(conn, group)
                 if target is Phase.ROLLED_BACK:
                     if current.phase in OLD_ONLY_PHASES:
                         log.info(

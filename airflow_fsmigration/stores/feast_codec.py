@@ -32,6 +32,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_fsmigration.stores.feast_lists import FIELD_NAMES as _FIELD_NAMES
 from airflow_fsmigration.stores.feast_lists import LIST_FIELDS, decode_list_values, varint
 
 if TYPE_CHECKING:
@@ -50,30 +51,6 @@ _ACCEPTS = {
     "bool": (_F_BOOL,),
     "timestamp": (_F_UNIX_TS,),
     "string": _TEXT_FIELDS,
-}
-_FIELD_NAMES = {
-    1: "bytes_val",
-    2: "string_val",
-    3: "int32_val",
-    4: "int64_val",
-    5: "double_val",
-    6: "float_val",
-    7: "bool_val",
-    8: "unix_timestamp_val",
-    11: "bytes_list_val",
-    12: "string_list_val",
-    13: "int32_list_val",
-    14: "int64_list_val",
-    15: "double_list_val",
-    16: "float_list_val",
-    17: "bool_list_val",
-    18: "unix_timestamp_list_val",
-    19: "null_val",
-    32: "json_val",
-    33: "json_list_val",
-    36: "uuid_val",
-    37: "time_uuid_val",
-    44: "decimal_val",
 }
 # Feast writes a null timestamp feature as NaT's int64 (numpy's minimum int64).
 NULL_TIMESTAMP_INT = -(2**63)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-#: Names of feast.types.Value fields, for errors about a value of the wrong kind.
-LIST_FIELD_NAMES = {
+#: Names of feast.types.Value fields, for errors about a value of the wrong kind (scalars and lists).
+FIELD_NAMES = {
     1: "bytes_val",
     2: "string_val",
     3: "int32_val",
@@ -34,8 +34,12 @@ LIST_FIELD_NAMES = {
     16: "float_list_val",
     17: "bool_list_val",
     18: "unix_timestamp_list_val",
-    20: "map_val",
+    19: "null_val",
+    32: "json_val",
     33: "json_list_val",
+    36: "uuid_val",
+    37: "time_uuid_val",
+    44: "decimal_val",
 }
 
 
@@ -129,7 +133,7 @@ def decode_list_values(
                 continue
             kind = accepts.get(field_no)
             if kind is None or tag & 7 != 2:
-                got = LIST_FIELD_NAMES.get(field_no, f"field {field_no}")
+                got = FIELD_NAMES.get(field_no, f"field {field_no}")
                 raise ValueError(
                     f"a {got}, which a {dtype} column cannot hold; fix the feature's dtype in the plan"
                 )

@@ -10,6 +10,7 @@ What is prepared before Airflow starts:
 
 - the routing state of earlier runs is forgotten (every group starts ``planned``);
 - the new store's views are deployed and their indexed serving copies materialized;
+- ``item_popularity`` waits for a person before each ramp step (Required Actions, 10 min);
 - a :class:`RegistryFeed` reads, round-robin, every group whose routing is live (shadow,
   ramping, cut over, warm), and drops the AUC of one group's models once it reaches 50%
   (``merchant_stats`` by default), so its bake rolls it back by itself.
@@ -44,6 +45,26 @@ SCALES = ("production", "seconds")
 #: Phases in which serving traffic flows for a group, so its gates have reads to judge.
 LIVE_PHASES = frozenset({"shadow", "ramping", "cutover", "warm"})
 DEFAULT_INJECTION = ("merchant_stats", 50.0)
+#: The group whose ramp steps wait for a person at this scale (Required Actions in the UI).
+APPROVAL_GROUP = "item_popularity"
+APPROVAL_TIMEOUT = "10m"
+
+
+def require_approvals(plan_dir: Path, group: str, timeout: str = APPROVAL_TIMEOUT) -> bool:
+    """Make ``group`` of the plan copy wait for an approval before each ramp step; False if absent."""
+    import yaml
+
+    for path in sorted(plan_dir.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        spec = (data.get("groups") or {}).get(group) if isinstance(data, dict) else None
+        if isinstance(spec, dict):
+            spec.setdefault("overrides", {}).update(ramp_approval="all", approval_timeout=timeout)
+            path.write_text(
+                "# Seconds-scale copy written by the demo (fsmig_dev.demo.airflow_feed); do not edit.\n"
+                + yaml.safe_dump(data, sort_keys=False)
+            )
+            return True
+    return False
 
 
 class RegistryFeed(ServingFeed):
@@ -124,6 +145,7 @@ class SecondsScale:
     plan_dir: Path
     feed: RegistryFeed
     injection: Injection | None
+    approval_group: str | None = None
 
 
 def prepare_seconds_scale(
@@ -139,6 +161,7 @@ def prepare_seconds_scale(
     scale = TimeScale()
     staleness = max(timedelta(0), datetime.now(UTC) - env.now) + timedelta(days=2)
     plan_dir = write_seconds_plan(env.plan_dir, work_dir / "plan_seconds", scale, staleness=staleness)
+    approvals = require_approvals(plan_dir, APPROVAL_GROUP)
     plan = load_plan(plan_dir)
     urls = env.urls
     conns = plan.connections
@@ -167,7 +190,12 @@ def prepare_seconds_scale(
         injection=injection,
         out=log.info,
     )
-    return SecondsScale(plan_dir=plan_dir, feed=feed, injection=injection)
+    return SecondsScale(
+        plan_dir=plan_dir,
+        feed=feed,
+        injection=injection,
+        approval_group=APPROVAL_GROUP if approvals else None,
+    )
 
 
 def banner_lines(seconds: SecondsScale, bug_group: str | None) -> list[str]:
@@ -181,6 +209,7 @@ def banner_lines(seconds: SecondsScale, bug_group: str | None) -> list[str]:
             if not seconds.feed.plan.groups[g].depends_on
             and g != bug_group
             and (seconds.injection is None or g != seconds.injection.group)
+            and g != seconds.approval_group
         ),
         None,
     )
@@ -188,6 +217,11 @@ def banner_lines(seconds: SecondsScale, bug_group: str | None) -> list[str]:
     if healthy:
         lines.append(
             f"  try:             trigger {dag_id(MIGRATE, healthy)} and watch it reach ready_to_decommission"
+        )
+    if seconds.approval_group:
+        lines.append(
+            f"  approvals:       {dag_id(MIGRATE, seconds.approval_group)} waits for you before each ramp "
+            f"step (Required Actions; no answer in {APPROVAL_TIMEOUT} freezes it)"
         )
     if seconds.injection is not None:
         inj = seconds.injection
